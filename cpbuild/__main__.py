@@ -1,0 +1,5 @@
+"""``python -m cpbuild``."""
+
+from cpbuild.cli import main
+
+raise SystemExit(main())

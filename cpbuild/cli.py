@@ -1,0 +1,294 @@
+"""The command line (DESIGN §9): parse, configure, collect, select, build, exit.
+
+``main`` is the only place that turns errors into exit codes: ``CpbuildError`` subclasses carry
+a message for the user; anything else is cpbuild's own bug (exit 3, with the traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cpbuild.errors import CollectionError, CpbuildError, ExitCode, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on bad usage; cpbuild's usage errors exit with 4."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UsageError(f"{message} (cpbuild --help lists the options)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="cpbuild",
+        description="Build the default targets, or the given ones: tasks are functions in "
+        "task_*.py files; a task reruns only when its code, arguments, inputs or upstream "
+        "values changed.",
+    )
+    parser.add_argument("targets", nargs="*", metavar="TARGET",
+                        help="task name or id, product path, or task file (default: the default targets)")
+    add = parser.add_argument
+    add("-j", "--jobs", type=int, metavar="N", help="run up to N tasks at once (default: config 'jobs' or 1)")
+    add("-n", "--dry-run", action="store_true", help="show what would run and why; run nothing")
+    add("-k", dest="keyword", metavar="EXPR", help="select tasks whose id matches EXPR (pytest syntax: and, or, not)")
+    add("-m", dest="marker", metavar="MARKEXPR", help="select tasks by markers (e.g. 'slow and not gpu')")
+    add("-B", "--force", action="store_true", help="run the selected tasks even if up to date")
+    add("--keep-going", action="store_true", help="after a failure, build everything that does not depend on it")
+    add("--list", action="store_true", help="list tasks with their status (up to date or stale)")
+    add("--why", metavar="TARGET", help="explain why TARGET would run (with -v: every part of its key)")
+    add("--clean", action="store_true", help="delete the products of the selected tasks (default: all tasks)")
+    add("--executor", metavar="NAME", help="executor for tasks without their own (inline, thread, ...)")
+    add("--no-wait", action="store_true", help="fail instead of waiting when another cpbuild holds the project")
+    add("-s", dest="no_capture", action="store_true", help="do not capture the tasks' output")
+    add("-v", "--verbose", action="count", default=0, help="more output (repeatable)")
+    add("-q", "--quiet", action="count", default=0, help="less output (repeatable)")
+    add("-p", dest="plugins", action="append", default=[], metavar="NAME",
+        help="load plugin module NAME; -p no:NAME disables a plugin")
+    add("-C", dest="directory", metavar="DIR", help="run as if started in DIR")
+    add("--json-report", metavar="PATH", help="write a JSON report of the build to PATH")
+    add("--version", action="store_true", help="show the version and the loaded plugins")
+    return parser
+
+
+def _early(argv: list[str]) -> tuple[list[str], Path]:
+    """``-p`` and ``-C`` are needed before the full parser exists (plugins add options)."""
+    plugins: list[str] = []
+    directory = Path.cwd()
+    it = iter(range(len(argv)))
+    for i in it:
+        arg = argv[i]
+        if arg == "--":
+            break
+        for flag, setter in (("-p", plugins.append), ("-C", None)):
+            value = None
+            if arg == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+                next(it, None)
+            elif arg.startswith(flag) and len(arg) > 2 and not arg.startswith("--"):
+                value = arg[2:].lstrip("=")
+            if value is not None:
+                if setter is None:
+                    directory = Path(value)
+                else:
+                    setter(value)
+    return plugins, directory
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return int(_main(argv))
+    except CollectionError as error:
+        _error_lines("collection failed", error.errors)
+        return int(error.exit_code)
+    except CpbuildError as error:
+        print(f"cpbuild: error: {error}", file=sys.stderr)
+        return int(error.exit_code)
+    except KeyboardInterrupt:
+        print("cpbuild: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print("cpbuild: internal error (a bug in cpbuild or a plugin; please report it with the "
+              "traceback above)", file=sys.stderr)
+        return int(ExitCode.INTERNAL_ERROR)
+
+
+def _error_lines(title: str, errors: list[str]) -> None:
+    stream = sys.stderr
+    stream.write(f"cpbuild: {title}:\n" if len(errors) > 1 else "cpbuild: error: ")
+    for message in errors:
+        text = message.replace("\n", "\n    ")
+        stream.write(f"  - {text}\n" if len(errors) > 1 else f"{text}\n")
+    stream.flush()
+
+
+def _main(argv: list[str]) -> ExitCode:
+    from cpbuild.config import build_config, read_config
+    from cpbuild.plugins import make_plugin_manager
+
+    requested, directory = _early(argv)
+    if "--version" in argv:
+        return _version(make_plugin_manager(requested))
+    if not directory.is_dir():
+        raise UsageError(f"-C {directory}: no such directory")
+    root, source, table = read_config(directory)
+    config_plugins = table.get("plugins", [])
+    pm = make_plugin_manager(requested, config_plugins if isinstance(config_plugins, list) else [])
+    parser = build_parser()
+    pm.hook.cpbuild_addoption(parser=parser)
+    options = parser.parse_args(argv)
+    extra_keys = frozenset(k for keys in pm.hook.cpbuild_config_keys() for k in keys)
+    config = build_config(root, source, table, extra_keys)
+    if options.jobs is not None:
+        if options.jobs < 1:
+            raise UsageError(f"-j {options.jobs}: the number of jobs must be at least 1")
+        config.jobs = options.jobs
+    if options.executor:
+        config.executor = options.executor
+    pm.hook.cpbuild_configure.call_historic(kwargs={"config": config, "options": options})
+    os.chdir(config.root)  # tasks see the project root as their working directory
+    return _run(config, options, pm, directory.resolve())
+
+
+def _version(pm: Any) -> ExitCode:
+    from cpbuild import __version__
+    from cpbuild.plugins import plugin_versions
+
+    print(f"cpbuild {__version__} (Python {sys.version.split()[0]})")
+    print("plugins:")
+    for name, version in plugin_versions(pm):
+        print(f"  {name}: {version}")
+    return ExitCode.OK
+
+
+def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path) -> ExitCode:
+    from cpbuild.lock import BuildLock
+    from cpbuild.scheduler import BuildOptions
+    from cpbuild.session import Session
+
+    session = Session(config, options, pm, cwd)
+    lock = BuildLock(config.cache_path)
+    try:
+        session.collect()
+        assert session.graph is not None
+        if not session.graph.tasks:
+            print(f"cpbuild: no tasks collected under {config.root} (paths: "
+                  f"{', '.join(config.paths)}; task files are named task_*.py)", file=sys.stderr)
+            return ExitCode.NO_TASKS_COLLECTED
+        if options.why:
+            targets = session.graph.resolve_target(options.why, cwd)
+        else:
+            targets = session.targets(options.targets, options.keyword, options.marker)
+        if options.list:
+            targets = list(session.graph.tasks) if not (options.targets or options.keyword or options.marker) else targets
+        if not targets:
+            print("cpbuild: no tasks selected", file=sys.stderr)
+            return ExitCode.NO_TASKS_COLLECTED
+        if options.clean:
+            lock.acquire(wait=not options.no_wait)
+            return _clean(session, targets)
+        ids = session.selection(targets)
+        session.check_executor()
+        lock.acquire(wait=not options.no_wait)
+        build_options = BuildOptions(
+            jobs=config.jobs,
+            keep_going=options.keep_going,
+            dry_run=bool(options.dry_run or options.list or options.why),
+            force=options.force,
+            capture=not options.no_capture,
+        )
+        if options.list:
+            session.mode = "list"
+        elif options.why:
+            session.mode = "why"
+        elif options.dry_run:
+            session.mode = "dry-run"
+        summary = session.build(ids, build_options)
+        if options.list:
+            _print_list(summary)
+        elif options.why:
+            _print_why(session, summary, targets, options.verbose)
+        if options.json_report:
+            _write_json_report(Path(cwd, options.json_report), summary)
+        return summary.exit_code
+    finally:
+        lock.release()
+        session.close()
+
+
+def _print_list(summary: Any) -> None:
+    from cpbuild.scheduler import UP_TO_DATE
+
+    width = max((len(r.task.id) for r in summary.reports), default=0)
+    for report in summary.reports:
+        status = "up to date" if report.outcome == UP_TO_DATE else f"stale: {'; '.join(report.reasons)}"
+        markers = f"  [{', '.join(sorted(report.task.markers))}]" if report.task.markers else ""
+        print(f"{report.task.id:<{width}}  {status}{markers}")
+
+
+def _print_why(session: Any, summary: Any, targets: list[str], verbose: int) -> None:
+    from cpbuild.rebuilder import describe_item
+    from cpbuild.scheduler import UP_TO_DATE
+
+    reports = {r.task.id: r for r in summary.reports}
+    for task_id in targets:
+        report = reports[task_id]
+        if report.outcome == UP_TO_DATE:
+            print(f"{task_id}: up to date")
+        else:
+            print(f"{task_id}: would run")
+            for reason in report.reasons:
+                print(f"  - {reason}")
+        if verbose:
+            _print_key_parts(session, report.task, describe_item)
+
+
+def _print_key_parts(session: Any, task: Any, describe_item: Any) -> None:
+    """``--why -v``: every part of the key, so users see what is and is not tracked."""
+    from cpbuild.rebuilder import PYTHON_VERSION
+
+    code = session.rebuilder.code.code_items(task.function)
+    print(f"  key parts of {task.name} (Python {PYTHON_VERSION}):")
+    for item, value in sorted(code.items()):
+        kind, _, name = item.partition(" ")
+        shown = value if kind in ("constant", "library", "object") else value[:12]
+        print(f"    {kind:<9} {describe_item(kind, name)}: {shown}")
+    for name, value in sorted(session.graph.args[task.id].items()):
+        print(f"    argument  {name} = {value!r}")
+    for path in task.inputs:
+        print(f"    input     {session.graph.rel(path)}")
+    for name, up in sorted(session.graph.value_deps[task.id].items()):
+        print(f"    value     {name} <- {up}")
+    for path in task.products:
+        print(f"    product   {session.graph.rel(path)}")
+    if any(k.startswith("object ") for k in code):
+        print("  (objects are tracked by type only: their state is not part of the key)")
+
+
+def _clean(session: Any, targets: list[str]) -> ExitCode:
+    removed = 0
+    graph = session.graph
+    for task_id in targets:
+        for path in graph.tasks[task_id].products:
+            if path.is_file():
+                path.unlink()
+                removed += 1
+                print(f"removed {graph.rel(path)}")
+    session.open_state().forget(targets)
+    print(f"cpbuild: removed {removed} product file{'s' if removed != 1 else ''} of "
+          f"{len(targets)} task{'s' if len(targets) != 1 else ''}")
+    return ExitCode.OK
+
+
+def _write_json_report(path: Path, summary: Any) -> None:
+    data = {
+        "created": time.time(),
+        "duration": summary.duration,
+        "exit_code": int(summary.exit_code),
+        "tasks": [
+            {
+                "id": r.task.id,
+                "name": r.task.name,
+                "outcome": r.outcome,
+                "reasons": r.reasons,
+                "duration": r.duration,
+                "executor": r.executor,
+                "worker": r.worker,
+                "error": r.error,
+            }
+            for r in summary.reports
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)

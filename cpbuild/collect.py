@@ -1,0 +1,305 @@
+"""Collecting tasks: find ``task_*.py`` files, import them, turn declarations into ``Task``s.
+
+The built-in Python collector is a plugin (``PythonCollector``) behind ``cpbuild_collect_file``,
+so a plugin can collect other kinds of files the same way.
+
+Module naming: a task file inside a package (its folder has ``__init__.py``) is imported under
+its package name, so relative imports work and a src-layout project's task modules are the
+package's own modules. A loose task file gets a unique synthetic name derived from its path, so
+two ``task_data.py`` in different folders never collide in ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import importlib.util
+import os
+import re
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from cpbuild.api import DECLARATIONS, MARKERS, Declaration, Mark, Needs, Product, TaskOptions
+from cpbuild.errors import CollectionError
+from cpbuild.hookspecs import hookimpl
+from cpbuild.model import Param, ParamKind, Task, is_path_structure, map_paths
+from cpbuild.tracebacks import format_user_traceback
+
+#: Folders never searched for task files: version control, caches, virtual environments.
+IGNORED_DIRS = frozenset(
+    {".git", ".hg", ".svn", "__pycache__", "node_modules", ".tox", ".nox", ".venv", "venv",
+     ".mypy_cache", ".pytest_cache", ".ruff_cache", "site-packages", ".ipynb_checkpoints"}
+)
+TASK_FILE_PATTERN = "task_*.py"
+
+
+def find_files(root: Path, paths: Iterable[str], patterns: list[str], skip: Iterable[Path]) -> list[Path]:
+    """Files under the configured paths whose names match one of ``patterns``, sorted."""
+    skipped = {str(p) for p in skip}
+    found: set[Path] = set()
+    for entry in paths:
+        start = Path(os.path.normpath(root / entry))
+        if start.is_file():
+            found.add(start)
+            continue
+        for folder, dirs, files in os.walk(start):
+            dirs[:] = [
+                d for d in dirs
+                if d not in IGNORED_DIRS and not d.startswith(".")
+                and os.path.join(folder, d) not in skipped
+                and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))
+            ]
+            for name in files:
+                if any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
+                    found.add(Path(folder, name))
+    return sorted(found)
+
+
+def _package_root(folder: Path) -> Path | None:
+    """The topmost folder of the package chain holding ``folder``, if it is a package."""
+    top = None
+    while (folder / "__init__.py").is_file():
+        top = folder
+        folder = folder.parent
+    return top
+
+
+def synthetic_module_name(rel: str) -> str:
+    stem = re.sub(r"\W", "_", rel.removesuffix(".py").replace("/", "__"))
+    return f"cpbuild_tasks_{stem}"
+
+
+def import_task_module(path: Path, root: Path) -> types.ModuleType:
+    """Import one task file; the folder is put on ``sys.path`` so sibling helpers import."""
+    package_top = _package_root(path.parent)
+    if package_top is not None:
+        base = str(package_top.parent)
+        if base not in sys.path:
+            sys.path.insert(0, base)
+        dotted = ".".join(path.relative_to(package_top.parent).with_suffix("").parts)
+        return importlib.import_module(dotted)
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+    name = synthetic_module_name(rel)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
+def describe_import_error(path: Path, root: Path, error: BaseException) -> str:
+    """A short message for a task file that fails to import: file and line first."""
+    rel = path.relative_to(root) if path.is_relative_to(root) else path
+    if isinstance(error, SyntaxError):
+        where = f"{rel}:{error.lineno}" if error.lineno else str(rel)
+        line = (error.text or "").rstrip("\n")
+        caret = ""
+        if line and error.offset:
+            caret = "\n    " + " " * (error.offset - 1 - (len(line) - len(line.lstrip()))) + "^"
+        shown = f"\n    {line.strip()}{caret}" if line else ""
+        return f"{where}: SyntaxError: {error.msg}{shown}"
+    return f"{rel}: error while importing the task file:\n{format_user_traceback(error)}".rstrip()
+
+
+class PythonCollector:
+    """Built-in plugin: collects tasks from ``task_*.py`` modules (DESIGN §3)."""
+
+    @hookimpl
+    def cpbuild_collect_patterns(self) -> list[str]:
+        return [TASK_FILE_PATTERN]
+
+    @hookimpl
+    def cpbuild_collect_file(self, session: Any, path: Path) -> list[Task] | None:
+        if not fnmatch.fnmatchcase(path.name, TASK_FILE_PATTERN):
+            return None
+        root = session.config.root
+        try:
+            module = import_task_module(path, root)
+        except Exception as error:
+            raise CollectionError(describe_import_error(path, root, error)) from None
+        return tasks_from_module(module, path, root)
+
+
+def _module_declarations(module: types.ModuleType) -> list[Declaration]:
+    declared: list[Declaration] = list(vars(module).get(DECLARATIONS, ()))
+    seen = {id(d.function) for d in declared}
+    for name, obj in list(vars(module).items()):
+        if (
+            name.startswith("task_")
+            and isinstance(obj, types.FunctionType)
+            and obj.__module__ == module.__name__
+            and id(obj) not in seen
+        ):
+            declared.append(Declaration(obj, TaskOptions()))
+            seen.add(id(obj))
+    order = {id(d): i for i, d in enumerate(declared)}
+    declared.sort(key=lambda d: (_first_line(d.function), order[id(d)]))
+    return declared
+
+
+def _first_line(function: Callable[..., Any]) -> int:
+    code = getattr(function, "__code__", None)
+    return code.co_firstlineno if code else 0
+
+
+def tasks_from_module(module: types.ModuleType, path: Path, root: Path) -> list[Task]:
+    """Turn a module's declarations into tasks; every bad declaration is one error."""
+    rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
+    declarations = _module_declarations(module)
+    counts: dict[str, int] = {}
+    for declaration in declarations:
+        base = _base_name(declaration)
+        counts[base] = counts.get(base, 0) + 1
+    tasks: list[Task] = []
+    errors: list[str] = []
+    used_ids: dict[str, int] = {}
+    for declaration in declarations:
+        base = _base_name(declaration)
+        options = declaration.options
+        param_id = options.id
+        if param_id is None and counts[base] > 1:
+            param_id = _auto_id(options.kwargs, used_ids.get(base, 0))
+        used_ids[base] = used_ids.get(base, 0) + 1
+        name = f"{base}[{param_id}]" if param_id is not None else base
+        task_id = f"{rel}::{name}"
+        try:
+            tasks.append(_make_task(declaration, task_id, name, base, path))
+        except CollectionError as error:
+            errors.extend(error.errors)
+    if errors:
+        raise CollectionError(errors[0], errors)
+    return tasks
+
+
+def _base_name(declaration: Declaration) -> str:
+    if declaration.options.name:
+        return declaration.options.name
+    return declaration.function.__name__.removeprefix("task_")
+
+
+def _auto_id(kwargs: Any, index: int) -> str:
+    """pytest-style ids from simple argument values, falling back to the position."""
+    parts = []
+    for value in kwargs.values():
+        if isinstance(value, str | int | float | bool) or value is None:
+            parts.append(str(value))
+        elif isinstance(value, Path):
+            parts.append(value.stem)
+        else:
+            return str(index)
+    return "-".join(parts) if parts else str(index)
+
+
+def _annotation_metadata(function: Callable[..., Any], name: str) -> tuple[Any, ...]:
+    annotation = getattr(function, "__annotations__", {}).get(name)
+    if annotation is None:
+        return ()
+    if isinstance(annotation, str):  # from __future__ import annotations
+        try:
+            annotation = eval(annotation, function.__globals__)  # noqa: S307 - the user's own code
+        except Exception:
+            return ()
+    if typing.get_origin(annotation) is typing.Annotated:
+        return tuple(annotation.__metadata__)
+    return ()
+
+
+def _signature(function: Callable[..., Any]) -> list[tuple[str, bool, Any]]:
+    """(name, has_default, default) for each parameter, read from the code object because
+    ``inspect.signature`` costs more than the rest of collecting a task."""
+    code = function.__code__
+    positional = code.co_varnames[: code.co_argcount]
+    keyword_only = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    defaults = function.__defaults__ or ()
+    kwdefaults = function.__kwdefaults__ or {}
+    result = []
+    offset = len(positional) - len(defaults)
+    for i, name in enumerate(positional):
+        if i >= offset:
+            result.append((name, True, defaults[i - offset]))
+        else:
+            result.append((name, False, None))
+    for name in keyword_only:
+        result.append((name, name in kwdefaults, kwdefaults.get(name)))
+    return result
+
+
+def _make_task(declaration: Declaration, task_id: str, name: str, base: str, path: Path) -> Task:
+    function = declaration.function
+    options = declaration.options
+    folder = path.parent
+    if not isinstance(function, types.FunctionType):
+        raise CollectionError(f"{task_id}: a task must be a plain function, not {type(function).__name__}")
+
+    def absolute(p: Path) -> Path:
+        return Path(os.path.normpath(folder / p))
+
+    names = {n for n, _, _ in _signature(function)}
+    unknown = sorted(set(options.kwargs) - names)
+    if unknown:
+        raise CollectionError(
+            f"{task_id}: @task(kwargs=...) names {', '.join(map(repr, unknown))}, which "
+            f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
+            f"{function.__name__}({', '.join(sorted(names))})"
+        )
+    params: list[Param] = []
+    for pname, has_default, default in _signature(function):
+        metadata = _annotation_metadata(function, pname)
+        is_product = pname == "produces" or any(m is Product for m in metadata)
+        needs = next((m for m in metadata if isinstance(m, Needs)), None)
+        if pname in options.kwargs:
+            value = options.kwargs[pname]
+            if is_product or is_path_structure(value):
+                kind = ParamKind.PRODUCT if is_product else ParamKind.INPUT
+                if not is_path_structure(value):
+                    raise CollectionError(f"{task_id}: product parameter '{pname}' must be a Path or a list/dict of Paths, got {value!r}")
+                params.append(Param(pname, kind, map_paths(value, absolute)))
+            else:
+                params.append(Param(pname, ParamKind.ARG, value, True))
+            continue
+        if is_product:
+            if not has_default or not is_path_structure(default):
+                raise CollectionError(
+                    f"{task_id}: product parameter '{pname}' needs a Path default "
+                    f"(or a value in @task(kwargs=...)), got {default!r}"
+                )
+            params.append(Param(pname, ParamKind.PRODUCT, map_paths(default, absolute)))
+        elif has_default and is_path_structure(default):
+            params.append(Param(pname, ParamKind.INPUT, map_paths(default, absolute)))
+        elif needs is not None:
+            params.append(Param(pname, ParamKind.VALUE, needs.target))
+        else:
+            params.append(Param(pname, ParamKind.NAME, default, has_default))
+    markers = [*getattr(function, MARKERS, ()), *(Mark(m) for m in options.markers)]
+    return Task(
+        id=task_id,
+        name=name,
+        base_name=base,
+        path=path,
+        function=function,
+        params=tuple(params),
+        options=options,
+        markers=frozenset(m.name for m in markers),
+        skip_reason=_skip_reason(markers),
+    )
+
+
+def _skip_reason(markers: list[Mark]) -> str | None:
+    for marker in markers:
+        if marker.name == "skip":
+            return str(marker.kwargs.get("reason") or (marker.args[0] if marker.args else "marked skip"))
+        if marker.name == "skipif" and marker.args and marker.args[0]:
+            return str(marker.kwargs.get("reason", "skipif condition is true"))
+    return None

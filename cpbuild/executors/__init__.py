@@ -1,0 +1,1 @@
+"""Built-in executors: ``inline`` (in the main thread; pdb works) and ``thread``."""

@@ -1,0 +1,36 @@
+"""The inline executor: runs each task in the main thread, one at a time.
+
+The default for ``-j 1``: a breakpoint or ``pdb`` in a task works as in plain Python, and no
+value crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any
+
+from cpbuild.hookspecs import hookimpl
+from cpbuild.runner import Job, Outcome, run_job
+
+
+class InlineExecutor:
+    name = "inline"
+    capacity = 1
+
+    def submit(self, job: Job) -> Future[Outcome]:
+        future: Future[Outcome] = Future()
+        future.set_result(run_job(job))
+        return future
+
+    def shutdown(self, cancel: bool = False) -> None:
+        pass
+
+
+@hookimpl
+def cpbuild_executor_names() -> list[str]:
+    return ["inline"]
+
+
+@hookimpl
+def cpbuild_make_executor(name: str, config: Any, jobs: int) -> InlineExecutor | None:
+    return InlineExecutor() if name == "inline" else None

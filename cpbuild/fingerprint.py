@@ -1,0 +1,507 @@
+"""The code part of a task's key (DESIGN §5.1).
+
+A task's code is the set of *code items* it reaches: its own function and every project
+function or class it references (transitively), the module constants it reads with their
+values, and the third-party libraries it uses with their versions. Each item has a readable
+name (``helpers.py::clean_row``) and a digest or value, so that ``--why`` can say exactly which
+one changed, and the code digest is the digest of the sorted items.
+
+What a function's "own" digest covers: its normalized AST, i.e. ``ast.dump`` without field
+names or positions, with docstrings and cpbuild's declaration decorators (``@task``,
+``@mark.*``) removed. Comments and formatting therefore never change a key.
+
+Limits (documented in docs/rebuild.md): names are resolved statically (a name built at run time
+with ``getattr`` or ``importlib`` is not seen); the state of an arbitrary object held in a
+global (not a simple constant) is not tracked, only its type.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import hashlib
+import sys
+import types
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cpbuild.canonical import NotSimple, canonical
+
+#: Item kinds, the prefix of an item's name.
+FUNCTION = "function"
+CLASS = "class"
+MODULE = "module"
+CONSTANT = "constant"
+LIBRARY = "library"
+OBJECT = "object"
+
+_BUILTIN_NAMES = frozenset(dir(builtins))
+_CPBUILD_DIR = Path(__file__).resolve().parent
+_SITE_DIRS = ("site-packages", "dist-packages")
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    """What the source says about one function or class: its digest and the names it loads."""
+
+    digest: str
+    references: tuple[tuple[str, ...], ...]
+
+
+class _StripDocstrings(ast.NodeTransformer):
+    """Drop docstrings: they document, they do not compute."""
+
+    def _strip(self, node: Any) -> Any:
+        self.generic_visit(node)
+        body = node.body
+        if (
+            body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+        return node
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Module = _strip
+
+
+class _SourceFile:
+    """One parsed source file, indexed so that functions and classes are found without
+    ``inspect.getsource`` (which re-tokenizes the file for every function)."""
+
+    def __init__(self, path: str) -> None:
+        with open(path, "rb") as stream:
+            tree = ast.parse(stream.read(), filename=path)
+        self.tree = _StripDocstrings().visit(tree)
+        self.functions: dict[tuple[int, str], ast.AST] = {}
+        self.lambdas: dict[int, list[ast.Lambda]] = {}
+        self.classes: dict[str, ast.ClassDef] = {}
+        self._index(self.tree, "")
+
+    def _index(self, node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
+                first = min([d.lineno for d in child.decorator_list] + [child.lineno])
+                self.functions[(first, child.name)] = child
+                self.functions.setdefault((child.lineno, child.name), child)
+                self._index(child, f"{prefix}{child.name}.<locals>.")
+            elif isinstance(child, ast.ClassDef):
+                self.classes.setdefault(f"{prefix}{child.name}", child)
+                self._index(child, f"{prefix}{child.name}.")
+            else:
+                if isinstance(child, ast.Lambda):
+                    self.lambdas.setdefault(child.lineno, []).append(child)
+                self._index(child, prefix)
+
+
+class _Names(ast.NodeVisitor):
+    """Collect the names a function or class body binds and the name chains it loads."""
+
+    def __init__(self) -> None:
+        self.bound: set[str] = set()
+        self.declared_global: set[str] = set()
+        self.chains: set[tuple[str, ...]] = set()
+
+    def visit_Name(self, node: ast.Name) -> None:
+        if isinstance(node.ctx, ast.Load):
+            self.chains.add((node.id,))
+        else:
+            self.bound.add(node.id)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        parts = [node.attr]
+        value = node.value
+        while isinstance(value, ast.Attribute):
+            parts.append(value.attr)
+            value = value.value
+        if isinstance(value, ast.Name) and isinstance(node.ctx, ast.Load):
+            self.chains.add((value.id, *reversed(parts)))
+        else:
+            self.visit(value)
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self.bound.add(node.arg)
+        if node.annotation is not None:
+            self.visit(node.annotation)
+
+    def _bind_definition(self, node: Any) -> None:
+        self.bound.add(node.name)
+        self.generic_visit(node)
+
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _bind_definition
+
+    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
+        for alias in node.names:
+            self.bound.add((alias.asname or alias.name).split(".")[0])
+
+    visit_ImportFrom = visit_Import
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
+        if node.name:
+            self.bound.add(node.name)
+        self.generic_visit(node)
+
+    def visit_Global(self, node: ast.Global) -> None:
+        self.declared_global.update(node.names)
+
+    def visit_MatchAs(self, node: ast.MatchAs) -> None:
+        if node.name:
+            self.bound.add(node.name)
+        self.generic_visit(node)
+
+    def visit_MatchStar(self, node: ast.MatchStar) -> None:
+        if node.name:
+            self.bound.add(node.name)
+
+
+class CodeTracker:
+    """Computes code items for the functions of one project, caching per file and per object.
+
+    One tracker lives for one collection (one build, or one watch cycle): it caches parsed
+    files and resolved items, which are valid only as long as the modules are not reloaded.
+    """
+
+    def __init__(self, root: Path, project_packages: frozenset[str] = frozenset()) -> None:
+        self.root = root.resolve()
+        self.project_packages = project_packages
+        self._files: dict[str, _SourceFile | None] = {}
+        self._analyses: dict[Any, _Analysis | None] = {}
+        self._items: dict[int, dict[str, str]] = {}
+        self._in_progress: set[int] = set()
+        self._project_file: dict[str, str | None] = {}
+        self._library_versions: dict[str, str] = {}
+        self._distributions: dict[str, list[str]] | None = None
+
+    # -- public -----------------------------------------------------------------------------
+
+    def code_items(self, function: Callable[..., Any]) -> dict[str, str]:
+        """All code items a task function reaches, by readable name."""
+        return dict(self._function_items(function))
+
+    # -- project membership ------------------------------------------------------------------
+
+    def relative_project_file(self, filename: str | None, module: str | None = None) -> str | None:
+        """The file's path relative to the root when it is project code, else None."""
+        if not filename:
+            return None
+        cached = self._project_file.get(filename, ...)
+        if cached is not ...:
+            return cached
+        result: str | None = None
+        try:
+            path = Path(filename).resolve()
+        except OSError:
+            path = None
+        if path is not None and not path.is_relative_to(_CPBUILD_DIR):
+            in_site = any(part in _SITE_DIRS for part in path.parts)
+            if path.is_relative_to(self.root) and not in_site:
+                result = path.relative_to(self.root).as_posix()
+            elif module and module.partition(".")[0] in self.project_packages:
+                # A src-layout package installed without -e lives in site-packages and is
+                # still the user's own code.
+                result = module.replace(".", "/") + path.suffix
+        self._project_file[filename] = result
+        return result
+
+    # -- analysis -----------------------------------------------------------------------------
+
+    def _source(self, filename: str) -> _SourceFile | None:
+        if filename not in self._files:
+            try:
+                self._files[filename] = _SourceFile(filename)
+            except (OSError, SyntaxError, ValueError):
+                self._files[filename] = None
+        return self._files[filename]
+
+    def _analyse_function(self, function: types.FunctionType) -> _Analysis | None:
+        code = function.__code__
+        if code in self._analyses:
+            return self._analyses[code]
+        source = self._source(code.co_filename)
+        node: ast.AST | None = None
+        if source is not None:
+            if function.__name__ == "<lambda>":
+                lambdas = source.lambdas.get(code.co_firstlineno)
+                if lambdas:
+                    node = ast.Tuple(elts=list(lambdas), ctx=ast.Load())
+            else:
+                node = source.functions.get((code.co_firstlineno, code.co_name))
+        analysis = None
+        if node is not None:
+            analysis = self._analyse_node(node, function.__globals__)
+        self._analyses[code] = analysis
+        return analysis
+
+    def _analyse_class(self, cls: type, filename: str) -> _Analysis | None:
+        key = (filename, cls.__qualname__)
+        if key in self._analyses:
+            return self._analyses[key]
+        source = self._source(filename)
+        node = source.classes.get(cls.__qualname__.replace("<locals>.", "")) if source else None
+        if node is None and source is not None:
+            # A class defined inside a function: find it by its plain name.
+            node = next(
+                (n for q, n in source.classes.items() if q.rsplit(".", 1)[-1] == cls.__name__),
+                None,
+            )
+        module = sys.modules.get(cls.__module__)
+        analysis = self._analyse_node(node, vars(module)) if node is not None and module else None
+        self._analyses[key] = analysis
+        return analysis
+
+    def _analyse_node(self, node: Any, namespace: dict[str, Any]) -> _Analysis:
+        decorators = getattr(node, "decorator_list", None)
+        if decorators:
+            kept = [d for d in decorators if not _is_declaration(d, namespace)]
+            if len(kept) != len(decorators):
+                node = _copy_with_decorators(node, kept)
+        names = _Names()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            # The function's own name is bound in its module, not in its body: a recursive
+            # call is not a reference to something else.
+            names.visit(node.args)
+            for decorator in node.decorator_list:
+                names.visit(decorator)
+            if node.returns is not None:
+                names.visit(node.returns)
+            for statement in node.body:
+                names.visit(statement)
+            names.bound.add(node.name)
+        elif isinstance(node, ast.ClassDef):
+            for child in (*node.bases, *node.keywords, *node.decorator_list, *node.body):
+                names.visit(child)
+        else:
+            names.visit(node)
+        local = names.bound - names.declared_global
+        references = tuple(sorted(c for c in names.chains if c[0] not in local))
+        dump = ast.dump(node, annotate_fields=False, include_attributes=False)
+        return _Analysis(_digest(dump), references)
+
+    # -- items ------------------------------------------------------------------------------
+
+    def _function_items(self, function: Callable[..., Any]) -> dict[str, str]:
+        function = inspect_unwrap(function)
+        ident = id(function)
+        cached = self._items.get(ident)
+        if cached is not None:
+            return cached
+        items: dict[str, str] = {}
+        if not isinstance(function, types.FunctionType):
+            return items
+        code = function.__code__
+        rel = self.relative_project_file(code.co_filename, function.__module__)
+        name = f"{FUNCTION} {rel}::{function.__qualname__}"
+        analysis = self._analyse_function(function)
+        if analysis is None:
+            # No source (e.g. defined in an interactive session): fall back to the bytecode,
+            # which changes with formatting but never misses a real change.
+            items[name] = _digest(repr(_code_fingerprint(code)))
+            return items
+        items[name] = analysis.digest
+        self._in_progress.add(ident)
+        self._items[ident] = items  # a recursive reference sees the partial set and stops
+        try:
+            closure = _closure_vars(function)
+            for chain in analysis.references:
+                if chain[0] in closure:
+                    obj = closure[chain[0]]
+                elif chain[0] in function.__globals__:
+                    obj = function.__globals__[chain[0]]
+                else:
+                    continue  # a builtin, or a name that does not exist (yet)
+                self._add_reference(items, obj, chain, rel, function.__module__)
+        finally:
+            self._in_progress.discard(ident)
+        return items
+
+    def _add_reference(
+        self, items: dict[str, str], obj: Any, chain: tuple[str, ...], rel: str | None, module: str
+    ) -> None:
+        # Follow attributes through modules: ``helpers.scale`` is the function ``scale``.
+        depth = 1
+        while isinstance(obj, types.ModuleType) and depth < len(chain):
+            nxt = getattr(obj, chain[depth], _MISSING)
+            if nxt is _MISSING:
+                break
+            obj, module, depth = nxt, obj.__name__, depth + 1
+            rel = self.relative_project_file(getattr(sys.modules.get(module), "__file__", None), module)
+        label = ".".join(chain[:depth])
+        for name, value in self._object_items(obj, label, rel, module):
+            items[name] = value
+
+    def _object_items(
+        self, obj: Any, label: str, rel: str | None, module: str
+    ) -> Iterator[tuple[str, str]]:
+        if isinstance(obj, types.ModuleType):
+            yield from self._module_items(obj)
+            return
+        target = inspect_unwrap(obj)
+        if isinstance(target, types.FunctionType):
+            if self.relative_project_file(target.__code__.co_filename, target.__module__):
+                yield from self._function_items(target).items()
+            else:
+                yield from self._library_items(target.__module__)
+            return
+        if isinstance(target, types.MethodType):
+            yield from self._object_items(target.__func__, label, rel, module)
+            return
+        if isinstance(target, type):
+            yield from self._class_items(target)
+            return
+        if isinstance(target, types.BuiltinFunctionType | types.BuiltinMethodType):
+            yield from self._library_items(getattr(target, "__module__", None))
+            return
+        if _is_cpbuild_object(obj):
+            return  # declarations (Product, Needs, mark): not computation
+        try:
+            yield f"{CONSTANT} {rel}::{label}", canonical(obj, self.root)
+            return
+        except NotSimple:
+            pass
+        # An arbitrary object: identified by its type only (a documented limit).
+        yield f"{OBJECT} {rel}::{label}", f"instance of {type(obj).__module__}.{type(obj).__qualname__}"
+        yield from self._class_items(type(obj))
+
+    def _module_items(self, module: types.ModuleType) -> Iterator[tuple[str, str]]:
+        rel = self.relative_project_file(getattr(module, "__file__", None), module.__name__)
+        if rel is None:
+            yield from self._library_items(module.__name__)
+            return
+        source = self._source(module.__file__)
+        text = ast.dump(source.tree, annotate_fields=False) if source else rel
+        yield f"{MODULE} {rel}", _digest(text)
+
+    def _class_items(self, cls: type) -> Iterator[tuple[str, str]]:
+        module = sys.modules.get(cls.__module__)
+        filename = getattr(module, "__file__", None)
+        rel = self.relative_project_file(filename, cls.__module__)
+        if rel is None:
+            yield from self._library_items(cls.__module__)
+            return
+        ident = id(cls)
+        cached = self._items.get(ident)
+        if cached is None:
+            cached = {}
+            analysis = self._analyse_class(cls, filename)
+            name = f"{CLASS} {rel}::{cls.__qualname__}"
+            cached[name] = analysis.digest if analysis else _digest(cls.__qualname__)
+            self._items[ident] = cached
+            if analysis is not None:
+                namespace = vars(module)
+                for chain in analysis.references:
+                    if chain[0] in namespace and chain[0] != cls.__name__:
+                        self._add_reference(cached, namespace[chain[0]], chain, rel, cls.__module__)
+            for base in cls.__bases__:
+                if base is not object:
+                    cached.update(self._class_items(base))
+        yield from cached.items()
+
+    def _library_items(self, module_name: str | None) -> Iterator[tuple[str, str]]:
+        if not module_name:
+            return
+        top = module_name.partition(".")[0]
+        if top in sys.stdlib_module_names or top in ("builtins", "__main__", "cpbuild"):
+            return  # the Python version is part of every key already
+        version = self._library_versions.get(top)
+        if version is None:
+            version = self._library_versions[top] = self._distribution_version(top)
+        yield f"{LIBRARY} {top}", version
+
+    def _distribution_version(self, top: str) -> str:
+        import importlib.metadata as metadata
+
+        try:
+            return metadata.version(top)
+        except metadata.PackageNotFoundError:
+            pass
+        if self._distributions is None:
+            self._distributions = metadata.packages_distributions()
+        versions = []
+        for distribution in self._distributions.get(top, ()):
+            try:
+                versions.append(f"{distribution} {metadata.version(distribution)}")
+            except metadata.PackageNotFoundError:
+                continue
+        if versions:
+            return ", ".join(sorted(versions))
+        module = sys.modules.get(top)
+        return str(getattr(module, "__version__", "unknown version"))
+
+
+_MISSING = object()
+
+
+def inspect_unwrap(obj: Any) -> Any:
+    """Follow ``__wrapped__`` (functools.wraps, lru_cache) to the user's function."""
+    seen = 0
+    while seen < 100:
+        wrapped = getattr(obj, "__wrapped__", None) if not isinstance(obj, type) else None
+        if wrapped is None or isinstance(obj, types.ModuleType):
+            return obj
+        obj, seen = wrapped, seen + 1
+    return obj
+
+
+def _closure_vars(function: types.FunctionType) -> dict[str, Any]:
+    if not function.__closure__:
+        return {}
+    result = {}
+    for name, cell in zip(function.__code__.co_freevars, function.__closure__, strict=True):
+        try:
+            result[name] = cell.cell_contents
+        except ValueError:  # an empty cell: the variable is not assigned yet
+            continue
+    return result
+
+
+def _code_fingerprint(code: types.CodeType) -> tuple[Any, ...]:
+    consts = tuple(
+        _code_fingerprint(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts
+    )
+    return (code.co_code, consts, code.co_names, code.co_varnames)
+
+
+def _is_cpbuild_object(obj: Any) -> bool:
+    module = getattr(type(obj), "__module__", "") or ""
+    return module == "cpbuild" or module.startswith("cpbuild.")
+
+
+def _is_declaration(decorator: ast.expr, namespace: dict[str, Any]) -> bool:
+    """True for ``@task``, ``@task(...)``, ``@mark.x``, ``@pytask.mark.x(...)``: declarations
+    whose data enters the key as arguments and markers, not as code."""
+    node = decorator.func if isinstance(decorator, ast.Call) else decorator
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return False
+    obj = namespace.get(node.id, _MISSING)
+    for attr in reversed(parts):
+        if obj is _MISSING:
+            break
+        if isinstance(obj, types.ModuleType) and obj.__name__ in ("cpbuild", "pytask"):
+            return True
+        obj = getattr(obj, attr, _MISSING)
+    if obj is _MISSING:
+        return False
+    owner = getattr(obj, "__module__", None) or type(obj).__module__
+    return owner in ("cpbuild.api", "cpbuild", "pytask") or _is_cpbuild_object(obj)
+
+
+def _copy_with_decorators(node: Any, decorators: list[ast.expr]) -> Any:
+    clone = type(node)(**{field: getattr(node, field) for field in node._fields})
+    clone.decorator_list = decorators
+    return clone
+
+
+def code_digest(items: dict[str, str]) -> str:
+    """The digest of a set of code items, independent of their order."""
+    return _digest("\n".join(f"{k}={v}" for k, v in sorted(items.items())))

@@ -1,0 +1,289 @@
+"""The rebuilder: a task's key, and whether the task must run (DESIGN §5).
+
+The key is the digest of the task's *parts*: code items, canonical arguments, input file
+digests, upstream value digests, declared products, plugin extras and the Python version. Every
+record keeps its parts, so a stale task's reasons are the differences between the parts it had
+when last built and the parts it has now ("code of `clean_row` in helpers.py changed").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cpbuild.canonical import NotSimple, canonical, short_repr
+from cpbuild.fingerprint import CodeTracker
+from cpbuild.model import Task
+from cpbuild.state import Record, State, StatEntry
+
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+#: A file modified this recently may be modified again within the file system's timestamp
+#: granularity without its stat changing ("racy" entries, as git calls them): its digest is used
+#: for this build but not remembered, so the next build reads it again.
+RACY_NS = 100_000_000
+
+
+class FileDigests:
+    """Content digests of files through the stat cache (device, inode, size, mtime_ns).
+
+    An unchanged stat means an unchanged file; a changed stat with unchanged content refreshes
+    the entry, so a ``touch`` costs one read once, not on every later build.
+    """
+
+    def __init__(self, entries: dict[str, StatEntry], hasher: Any) -> None:
+        self.entries = dict(entries)
+        self.hasher = hasher
+        self.dirty: dict[str, StatEntry] = {}
+
+    def digest(self, path: str, fresh: bool = False) -> str | None:
+        """The digest of ``path``, or None if it does not exist (or is not a file)."""
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        entry = self.entries.get(path)
+        if (
+            not fresh
+            and entry is not None
+            and entry[3] == st.st_mtime_ns
+            and entry[2] == st.st_size
+            and entry[1] == st.st_ino
+            and entry[0] == st.st_dev
+        ):
+            return entry[4]
+        try:
+            digest = self.hasher.file_digest(path)
+        except IsADirectoryError:
+            return None
+        new = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest)
+        self.entries[path] = new
+        if time.time_ns() - st.st_mtime_ns > RACY_NS:
+            self.dirty[path] = new
+        return digest
+
+    def take_dirty(self) -> list[tuple[str, StatEntry]]:
+        dirty, self.dirty = list(self.dirty.items()), {}
+        return dirty
+
+
+@dataclass
+class Decision:
+    """Whether a task runs, why, and what it was matched against."""
+
+    run: bool
+    reasons: list[str] = field(default_factory=list)
+    key: str | None = None
+    parts: dict[str, Any] | None = None
+    record: Record | None = None  # the matching record when up to date
+
+
+class Rebuilder:
+    """Computes keys and decisions for the tasks of one build."""
+
+    def __init__(
+        self,
+        root: Path,
+        state: State,
+        files: FileDigests,
+        code: CodeTracker,
+        serializer: Any,
+        hasher: Any,
+        extras: Any,
+    ) -> None:
+        self.root = root
+        self.state = state
+        self.files = files
+        self.code = code
+        self.serializer = serializer
+        self.hasher = hasher
+        self.extras = extras  # hook caller for cpbuild_key_extras
+        self._code_digests: dict[int, dict[str, str]] = {}
+
+    def rel(self, path: Path | str) -> str:
+        text = str(path)
+        root = str(self.root)
+        if text.startswith(root + os.sep):
+            return text[len(root) + 1 :].replace(os.sep, "/")
+        return text
+
+    # -- parts ------------------------------------------------------------------------------
+
+    def parts(
+        self, task: Task, args: dict[str, Any], upstream: dict[str, tuple[str, str | None]]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The key parts of ``task`` and the problems that prevent computing them."""
+        problems: list[str] = []
+        inputs: dict[str, str] = {}
+        for path in task.inputs:
+            digest = self.files.digest(str(path))
+            rel = self.rel(path)
+            if digest is None:
+                problems.append(f"input {rel} does not exist")
+            else:
+                inputs[rel] = digest
+        extras: dict[str, str] = {}
+        for result in self.extras(task=task):
+            if result:
+                extras.update({str(k): str(v) for k, v in result.items()})
+        parts = {
+            "python": PYTHON_VERSION,
+            "code": self.code.code_items(task.function),
+            "args": {name: self._argument(value) for name, value in args.items()},
+            "inputs": inputs,
+            "upstream": {name: [up, digest] for name, (up, digest) in upstream.items()},
+            "products": sorted(self.rel(p) for p in task.products),
+            "extras": extras,
+        }
+        return parts, problems
+
+    def _argument(self, value: Any) -> list[str]:
+        try:
+            text = canonical(value, self.root)
+        except NotSimple:
+            text = "pickle:" + self.hasher.bytes_digest(self.serializer.dumps(value))
+        if len(text) > 200:
+            text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+        return [text, short_repr(value)]
+
+    @staticmethod
+    def key(parts: dict[str, Any]) -> str:
+        lines = [f"python={parts['python']}"]
+        for section in ("code", "args", "inputs", "upstream", "extras"):
+            for name, value in sorted(parts[section].items()):
+                token = value[0] if section == "args" else value
+                lines.append(f"{section}:{name}={token}")
+        lines.extend(f"product:{p}" for p in parts["products"])
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def decide(
+        self,
+        task: Task,
+        parts: dict[str, Any],
+        forced: bool,
+        needs_value: bool,
+        storage: Any,
+    ) -> Decision:
+        key = self.key(parts)
+        if not task.options.cache:
+            return Decision(True, ["cache=False: always runs"], key, parts)
+        if forced:
+            return Decision(True, ["forced (-B)"], key, parts)
+        latest = self.state.latest.get(task.id)
+        if latest is not None and latest.key == key:
+            problems = self._record_problems(latest, needs_value, storage)
+            if not problems:
+                return Decision(False, [], key, parts, latest)
+            return Decision(True, problems, key, parts)
+        earlier = self.state.find(key)
+        if earlier is not None and not self._record_problems(earlier, needs_value, storage):
+            return Decision(False, ["an earlier build with the same key was found"], key, parts, earlier)
+        return Decision(True, self.explain(task, parts), key, parts)
+
+    def _record_problems(self, record: Record, needs_value: bool, storage: Any) -> list[str]:
+        problems = []
+        for rel, digest in record.products.items():
+            path = rel if os.path.isabs(rel) else str(self.root / rel)
+            current = self.files.digest(path)
+            if current is None:
+                problems.append(f"product {rel} is missing")
+            elif current != digest:
+                problems.append(f"product {rel} was modified")
+        if needs_value and record.value is not None and not storage.has(record.value):
+            problems.append("its value is missing from the store")
+        return problems
+
+    def explain(self, task: Task, parts: dict[str, Any]) -> list[str]:
+        """What differs between the last build of ``task`` and now."""
+        latest = self.state.latest.get(task.id)
+        old = self.state.parts(latest.key) if latest else None
+        if old is None:
+            return ["never built"]
+        return describe_changes(old, parts) or ["its key changed"]
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two sets of key parts."""
+    reasons: list[str] = []
+    if old.get("python") != new["python"]:
+        reasons.append(f"Python changed: {old.get('python')} -> {new['python']}")
+    reasons.extend(_code_changes(old.get("code", {}), new["code"]))
+    old_args, new_args = old.get("args", {}), new["args"]
+    for name in sorted(set(old_args) | set(new_args)):
+        before, after = old_args.get(name), new_args.get(name)
+        if before is None:
+            reasons.append(f"new argument {name}: {after[1]}")
+        elif after is None:
+            reasons.append(f"argument {name} removed")
+        elif before[0] != after[0]:
+            reasons.append(f"argument {name}: {before[1]} -> {after[1]}")
+    reasons.extend(_dict_changes("input", old.get("inputs", {}), new["inputs"]))
+    old_up, new_up = old.get("upstream", {}), new["upstream"]
+    for name in sorted(set(old_up) | set(new_up)):
+        before, after = old_up.get(name), new_up.get(name)
+        if before is None:
+            reasons.append(f"new upstream value {name} (from {after[0]})")
+        elif after is None:
+            reasons.append(f"upstream value {name} removed")
+        elif before[0] != after[0]:
+            reasons.append(f"upstream of {name} changed: {before[0]} -> {after[0]}")
+        elif before[1] != after[1]:
+            reasons.append(f"value of upstream `{name}` changed")
+    if old.get("products") != new["products"]:
+        reasons.append("declared products changed")
+    reasons.extend(_dict_changes("key extra", old.get("extras", {}), new["extras"]))
+    return reasons
+
+
+def _dict_changes(label: str, old: dict[str, str], new: dict[str, str]) -> Iterable[str]:
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            yield f"new {label} {name}"
+        elif name not in new:
+            yield f"{label} {name} removed"
+        elif old[name] != new[name]:
+            yield f"{label} {name} changed"
+
+
+def _code_changes(old: dict[str, str], new: dict[str, str]) -> Iterable[str]:
+    for item in sorted(set(old) | set(new)):
+        kind, _, name = item.partition(" ")
+        before, after = old.get(item), new.get(item)
+        if before == after:
+            continue
+        what = describe_item(kind, name)
+        if before is None:
+            yield f"now uses {what}"
+        elif after is None:
+            yield f"no longer uses {what}"
+        elif kind == "constant":
+            yield f"{what}: {_clip(before)} -> {_clip(after)}"
+        elif kind == "library":
+            yield f"{what}: {before} -> {after}"
+        else:
+            yield f"code of {what} changed"
+
+
+def describe_item(kind: str, name: str) -> str:
+    """``function helpers.py::clean_row`` -> "`clean_row` in helpers.py"."""
+    file, sep, qualname = name.partition("::")
+    if kind == "library":
+        return f"library {name}"
+    if kind == "module":
+        return f"module {name}"
+    if not sep:
+        return f"{kind} {name}"
+    label = "constant " if kind == "constant" else ""
+    return f"{label}`{qualname}` in {file}"
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,153 @@
+"""A ``Session`` carries one invocation's configuration, hooks, backends, state and graph.
+
+No module keeps global mutable state; everything a build needs hangs off the session, which the
+CLI (or watch mode, once per cycle) drives: collect -> graph -> select -> build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from cpbuild.collect import find_files
+from cpbuild.config import Config
+from cpbuild.errors import CollectionError, UsageError
+from cpbuild.fingerprint import CodeTracker
+from cpbuild.graph import Graph
+from cpbuild.model import Task
+from cpbuild.rebuilder import FileDigests, Rebuilder
+from cpbuild.scheduler import BuildOptions, BuildSummary, Scheduler
+from cpbuild.state import State
+
+
+class Session:
+    def __init__(
+        self, config: Config, options: argparse.Namespace, pm: pluggy.PluginManager, cwd: Path
+    ) -> None:
+        self.config = config
+        self.options = options
+        self.pm = pm
+        self.hook = pm.hook
+        self.cwd = cwd
+        self.mode = "build"  # build | dry-run | list | why | clean: what the reporter shows
+        self.hasher = self.hook.cpbuild_make_hasher(config=config)
+        self.serializer = self.hook.cpbuild_make_serializer(config=config)
+        self.storage = self._make_storage(config.storage)
+        self.executor_name = config.executor or ("inline" if config.jobs == 1 else "thread")
+        self.state: State | None = None
+        self.graph: Graph | None = None
+        self.rebuilder: Rebuilder | None = None
+
+    # -- backends -----------------------------------------------------------------------------
+
+    def _make_storage(self, name: str) -> Any:
+        storage = self.hook.cpbuild_make_storage(name=name, config=self.config)
+        if storage is None:
+            known = sorted(n for names in self.hook.cpbuild_storage_names() for n in names)
+            raise UsageError(f"unknown storage '{name}' (available: {', '.join(known)})")
+        return storage
+
+    def make_executor(self, name: str, jobs: int) -> Any:
+        executor = self.hook.cpbuild_make_executor(name=name, config=self.config, jobs=jobs)
+        if executor is None:
+            known = sorted(n for names in self.hook.cpbuild_executor_names() for n in names)
+            raise UsageError(f"unknown executor '{name}' (available: {', '.join(known)})")
+        return executor
+
+    def check_executor(self) -> None:
+        """Fail before building when the configured executor does not exist."""
+        known = {n for names in self.hook.cpbuild_executor_names() for n in names}
+        names = {self.executor_name}
+        if self.graph is not None:
+            names |= {t.options.executor for t in self.graph.tasks.values() if t.options.executor}
+        unknown = sorted(names - known)
+        if unknown:
+            raise UsageError(
+                f"unknown executor '{unknown[0]}' (available: {', '.join(sorted(known))})"
+            )
+
+    def open_state(self) -> State:
+        if self.state is None:
+            self.state = State(self.config.cache_path)
+        return self.state
+
+    # -- collection ---------------------------------------------------------------------------
+
+    def project_packages(self) -> frozenset[str]:
+        """Top-level packages of the project (also under ``src/``): their code is project code
+        even where an installation put it in site-packages."""
+        names = set()
+        for folder in (self.config.root, self.config.root / "src"):
+            if folder.is_dir():
+                names.update(p.parent.name for p in folder.glob("*/__init__.py"))
+        return frozenset(names)
+
+    def collect(self) -> Graph:
+        root = self.config.root
+        for folder in (root / "src", root):
+            if folder.is_dir() and str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+        patterns = sorted({p for ps in self.hook.cpbuild_collect_patterns() for p in ps})
+        files = find_files(root, self.config.paths, patterns, skip=[self.config.cache_path])
+        tasks: list[Task] = []
+        errors: list[str] = []
+        for path in files:
+            try:
+                for result in self.hook.cpbuild_collect_file(session=self, path=path):
+                    if result:
+                        tasks.extend(result)
+            except CollectionError as error:
+                errors.extend(error.errors)
+        if errors:
+            raise CollectionError(errors[0], errors)
+        self.hook.cpbuild_collection_finish(session=self, tasks=tasks)
+        self.graph = Graph(tasks, root)
+        return self.graph
+
+    # -- selection ----------------------------------------------------------------------------
+
+    def targets(self, texts: list[str], keyword: str | None, marker: str | None) -> list[str]:
+        """Resolve command-line targets (or the default targets) and filter by -k/-m."""
+        assert self.graph is not None
+        if texts:
+            ids: list[str] = []
+            for text in texts:
+                ids.extend(i for i in self.graph.resolve_target(text, self.cwd) if i not in ids)
+        elif keyword or marker:
+            ids = list(self.graph.tasks)
+        else:
+            ids = self.graph.default_targets(self.config.default, self.cwd)
+        return self.graph.filter(ids, keyword, marker)
+
+    def selection(self, targets: list[str]) -> list[str]:
+        """The targets and their upstream; missing inputs are collection errors."""
+        assert self.graph is not None
+        ids = self.graph.with_upstream(targets)
+        errors = self.graph.missing_inputs(ids)
+        if errors:
+            raise CollectionError(errors[0], errors)
+        return ids
+
+    # -- building -----------------------------------------------------------------------------
+
+    def build(self, ids: list[str], options: BuildOptions) -> BuildSummary:
+        state = self.open_state()
+        self.rebuilder = Rebuilder(
+            self.config.root,
+            state,
+            FileDigests(state.files, self.hasher),
+            CodeTracker(self.config.root, self.project_packages()),
+            self.serializer,
+            self.hasher,
+            self.hook.cpbuild_key_extras,
+        )
+        return Scheduler(self, ids, options).run()
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
+            self.state = None

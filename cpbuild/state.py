@@ -1,0 +1,171 @@
+"""The build state: which keys were built with which results, and the stat cache.
+
+One SQLite database (WAL mode) in the cache folder, ``state.db``, with three tables:
+
+``records``  one row per built key (constructive traces): the task id, the digest of its value,
+             the digests of its products, the parts of its key (for ``--why``) and its duration.
+             Rows are never updated, only added: returning to earlier inputs or code finds the
+             earlier row.
+``latest``   task id -> the key of its most recent successful build.
+``files``    the stat cache: path -> (device, inode, size, mtime_ns, digest). A file whose stat is
+             unchanged is not read again.
+
+A build loads ``latest`` joined with ``records`` (without the bulky key parts) and ``files``
+in one read at start, and writes one transaction per finished task; nothing is recorded for a
+task before it fully succeeded. Row data is ``marshal``-encoded: it is the fastest codec in the
+standard library, and its format is stable across the Python versions whose keys it stores.
+"""
+
+from __future__ import annotations
+
+import marshal
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    key TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    value TEXT,
+    products BLOB NOT NULL,
+    parts BLOB NOT NULL,
+    duration REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS latest (task TEXT PRIMARY KEY, key TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, digest TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A successful build of one key."""
+
+    key: str
+    task: str
+    value: str | None  # digest of the serialized return value
+    products: dict[str, str]  # project-relative path -> content digest
+    duration: float
+
+
+#: (dev, ino, size, mtime_ns, digest)
+StatEntry = tuple[int, int, int, int, str]
+
+
+class State:
+    """The state database of one project; used by the main process only."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "state.db"
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            self._db.executescript(
+                "DROP TABLE IF EXISTS records; DROP TABLE IF EXISTS latest; DROP TABLE IF EXISTS files;"
+            )
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self.latest: dict[str, Record] = {}
+        self.files: dict[str, StatEntry] = {}
+        self._load()
+
+    def _load(self) -> None:
+        rows = self._db.execute(
+            "SELECT r.key, r.task, r.value, r.products, r.duration "
+            "FROM latest l JOIN records r ON r.key = l.key"
+        ).fetchall()
+        loads = marshal.loads
+        self.latest = {
+            task: Record(key, task, value, loads(products), duration)
+            for key, task, value, products, duration in rows
+        }
+        self.files = {row[0]: row[1:] for row in self._db.execute("SELECT * FROM files")}
+
+    def find(self, key: str) -> Record | None:
+        """The record of ``key`` if it was ever built (for keys that are not the latest)."""
+        row = self._db.execute(
+            "SELECT key, task, value, products, duration FROM records WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        return Record(row[0], row[1], row[2], marshal.loads(row[3]), row[4])
+
+    def parts(self, key: str) -> dict[str, Any] | None:
+        """The key parts of a record, for explanations."""
+        row = self._db.execute("SELECT parts FROM records WHERE key = ?", (key,)).fetchone()
+        return marshal.loads(row[0]) if row else None
+
+    def record(
+        self,
+        record: Record,
+        parts: dict[str, Any],
+        files: Iterable[tuple[str, StatEntry]],
+        created: float,
+    ) -> None:
+        """Write one finished task and the stat entries it produced, in one transaction."""
+        files = list(files)
+        with self._transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (record.key, record.task, record.value, marshal.dumps(record.products),
+                 marshal.dumps(parts), record.duration, created),
+            )
+            self._db.execute("INSERT OR REPLACE INTO latest VALUES (?, ?)", (record.task, record.key))
+            self._write_files(files)
+        self.latest[record.task] = record
+        self.files.update(files)
+
+    def set_latest(self, record: Record) -> None:
+        """Point a task at an earlier record (going back to earlier inputs or code)."""
+        with self._transaction():
+            self._db.execute("INSERT OR REPLACE INTO latest VALUES (?, ?)", (record.task, record.key))
+        self.latest[record.task] = record
+
+    def update_files(self, files: Iterable[tuple[str, StatEntry]]) -> None:
+        files = list(files)
+        if not files:
+            return
+        with self._transaction():
+            self._write_files(files)
+        self.files.update(files)
+
+    def forget(self, tasks: Iterable[str]) -> None:
+        """Drop the latest pointers of ``tasks`` (``--clean``); their records stay as history."""
+        tasks = list(tasks)
+        with self._transaction():
+            self._db.executemany("DELETE FROM latest WHERE task = ?", ((t,) for t in tasks))
+        for task in tasks:
+            self.latest.pop(task, None)
+
+    def _write_files(self, files: list[tuple[str, StatEntry]]) -> None:
+        self._db.executemany(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+            ((path, *entry) for path, entry in files),
+        )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -1,0 +1,1 @@
+"""Built-in storages: ``local`` (a content-addressed folder) and ``memory`` (one process)."""
