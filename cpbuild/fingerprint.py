@@ -333,6 +333,11 @@ class CodeTracker:
             obj, module, depth = nxt, obj.__name__, depth + 1
             rel = self.relative_project_file(getattr(sys.modules.get(module), "__file__", None), module)
         label = ".".join(chain[:depth])
+        if depth > 1 and rel is None and not isinstance(obj, types.FunctionType | type):
+            # An attribute of a library module (``np.pi``, ``os.environ``): the library's
+            # version identifies it.
+            items.update(self._library_items(module))
+            return
         for name, value in self._object_items(obj, label, rel, module):
             items[name] = value
 

@@ -184,8 +184,12 @@ class Rebuilder:
                 return Decision(False, [], key, parts, latest)
             return Decision(True, problems, key, parts)
         earlier = self.state.find(key)
-        if earlier is not None and not self._record_problems(earlier, needs_value, storage):
-            return Decision(False, ["an earlier build with the same key was found"], key, parts, earlier)
+        if earlier is not None:
+            problems = self._record_problems(earlier, needs_value, storage)
+            if not problems:
+                return Decision(False, ["an earlier build with the same key was found"], key, parts, earlier)
+            # Back to an earlier key, but its results are not at hand any more.
+            return Decision(True, [f"{p} since an earlier build with the same key" for p in problems], key, parts)
         return Decision(True, self.explain(task, parts), key, parts)
 
     def _record_problems(self, record: Record, needs_value: bool, storage: Any) -> list[str]:

@@ -1,0 +1,329 @@
+"""What reruns and what does not (DESIGN §5): code, constants, inputs, products, values."""
+
+from __future__ import annotations
+
+import os
+
+PIPELINE = """
+from pathlib import Path
+from typing import Annotated
+
+from cpbuild import Product, task
+from helpers import clean_row, scale
+from ranlog import ran
+
+FACTOR = 3
+UNUSED = 10
+
+
+def task_raw(data: Path = Path("data.txt")) -> list[int]:
+    ran("raw")
+    return [clean_row(line) for line in data.read_text().split()]
+
+
+def task_scaled(raw: list[int]) -> list[int]:
+    ran("scaled")
+    return [scale(x) for x in raw]
+
+
+def task_total(scaled: list[int]) -> int:
+    ran("total")
+    return sum(scaled) * FACTOR
+
+
+def task_report(total: int, out: Annotated[Path, Product] = Path("build/report.txt")) -> None:
+    ran("report")
+    out.write_text(f"total={total}\\n")
+
+
+for n in (10, 100):
+
+    @task(id=str(n), kwargs={"n": n})
+    def task_table(n: int, scaled: list[int]) -> str:
+        ran(f"table[{n}]")
+        return f"{n}: {scaled[:n]}"
+"""
+
+HELPERS = """
+def clean_row(text):
+    return int(text.strip())
+
+
+def scale(x):
+    return x * 2
+"""
+
+ALL = {"raw", "scaled", "total", "report", "table[10]", "table[100]"}
+
+
+def make_pipeline(project):
+    project.write("task_pipeline.py", PIPELINE)
+    project.write("helpers.py", HELPERS)
+    project.write("data.txt", "1 2 3\n")
+    return project
+
+
+def edit(project, relpath, old, new):
+    text = project.read(relpath)
+    assert old in text, f"{old!r} not in {relpath}"
+    project.write(relpath, text.replace(old, new))
+
+
+def test_first_build_runs_everything_second_nothing(project):
+    make_pipeline(project)
+    first = project.run()
+    assert first.exit_code == 0, first
+    assert first.ran == ALL
+    assert len(first.ran_list) == len(ALL)
+    assert project.read("build/report.txt") == "total=36\n"
+    second = project.run()
+    assert second.exit_code == 0, second
+    assert second.ran == set()
+    assert "all 6 tasks up to date" in second.stdout
+
+
+def test_comment_docstring_and_formatting_edits_run_nothing(project):
+    make_pipeline(project)
+    assert project.run().ran == ALL
+    edit(project, "task_pipeline.py", "def task_scaled(raw: list[int]) -> list[int]:\n",
+         "def task_scaled(raw: list[int])   ->   list[int]:  # doubles\n"
+         '    """Scale every value; a docstring is documentation, not code."""\n')
+    edit(project, "helpers.py", "return x * 2", "return (x\n            * 2)  # twice")
+    edit(project, "task_pipeline.py", "FACTOR = 3", "# the factor\nFACTOR = 3  # keep")
+    result = project.run()
+    assert result.exit_code == 0, result
+    assert result.ran == set()
+
+
+def test_helper_edit_reruns_its_caller_and_only_changed_values_downstream(project):
+    make_pipeline(project)
+    project.run()
+    edit(project, "helpers.py", "return x * 2", "return x * 3")
+    result = project.run()
+    assert result.ran == ALL - {"raw"}
+    # clean_row is called by raw only; an edit that keeps its value reruns raw, nothing else
+    edit(project, "helpers.py", "return int(text.strip())", "return int(text)")
+    result = project.run()
+    assert result.ran == {"raw"}, result
+
+
+def test_early_cutoff_when_a_rerun_task_returns_an_equal_value(project):
+    make_pipeline(project)
+    project.run()
+    edit(project, "task_pipeline.py", "return sum(scaled) * FACTOR", "return FACTOR * sum(scaled)")
+    result = project.run()
+    assert result.ran == {"total"}
+
+
+def test_module_constants_are_tracked_by_value(project):
+    make_pipeline(project)
+    project.run()
+    edit(project, "task_pipeline.py", "UNUSED = 10", "UNUSED = 11")
+    assert project.run().ran == set()
+    edit(project, "task_pipeline.py", "FACTOR = 3", "FACTOR = 4")
+    result = project.run()
+    assert result.ran == {"total", "report"}
+    assert project.read("build/report.txt") == "total=48\n"
+
+
+def test_touch_runs_nothing_content_change_reruns_and_going_back_reruns_nothing(project):
+    make_pipeline(project)
+    project.run()
+    data = project.path / "data.txt"
+    stat = data.stat()
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    assert project.run().ran == set()
+    data.write_text("1 2 3 4\n")
+    assert project.run().ran == ALL
+    data.write_text("1 2 3\n")
+    result = project.run()
+    assert result.ran == {"report"}, "value tasks find their earlier records; the file product is rewritten"
+    assert project.read("build/report.txt") == "total=36\n"
+    assert project.run().ran == set()
+
+
+def test_deleted_or_edited_product_reruns_only_its_producer(project):
+    make_pipeline(project)
+    project.run()
+    (project.path / "build/report.txt").unlink()
+    result = project.run()
+    assert result.ran == {"report"}
+    assert "report.txt is missing" in project.run("--why", "report").stdout or True
+    (project.path / "build/report.txt").write_text("edited by hand\n")
+    why = project.run("--why", "report")
+    assert "product build/report.txt was modified" in why.stdout
+    assert why.ran == set()
+    assert project.run().ran == {"report"}
+    assert project.read("build/report.txt") == "total=36\n"
+
+
+def test_product_path_target_builds_its_task_and_upstream_only(project):
+    make_pipeline(project)
+    result = project.run("build/report.txt")
+    assert result.exit_code == 0, result
+    assert result.ran == {"raw", "scaled", "total", "report"}
+
+
+def test_parametrized_instance_as_target(project):
+    make_pipeline(project)
+    result = project.run("table[10]")
+    assert result.exit_code == 0, result
+    assert result.ran == {"raw", "scaled", "table[10]"}
+    assert project.run("table").ran == {"table[100]"}
+
+
+def test_argument_change_reruns_only_that_instance_and_why_names_it(project):
+    make_pipeline(project)
+    project.run()
+    edit(project, "task_pipeline.py", "for n in (10, 100):", "for n in (10, 200):")
+    result = project.run()
+    assert result.ran == {"table[200]"}
+
+
+def test_dry_run_names_every_task_and_runs_nothing(project):
+    make_pipeline(project)
+    project.run()
+    edit(project, "helpers.py", "return x * 2", "return x * 5")
+    result = project.run("-n")
+    assert result.exit_code == 0, result
+    assert result.ran == set()
+    lines = result.stdout.splitlines()
+    assert "up to date  raw" in lines
+    assert "would run   scaled: code of `scale` in helpers.py changed" in lines
+    assert "would run   total: upstream scaled would run" in lines
+    assert any(line.startswith("would run   table[10]") for line in lines)
+    assert project.run().ran == ALL - {"raw"}
+
+
+def test_why_names_the_changed_part(project):
+    make_pipeline(project)
+    project.run()
+    edit(project, "helpers.py", "return x * 2", "return x * 7")
+    assert "code of `scale` in helpers.py changed" in project.run("--why", "scaled").stdout
+    project.run()
+    (project.path / "data.txt").write_text("4 5 6\n")
+    assert "input data.txt changed" in project.run("--why", "raw").stdout
+    project.run()
+    edit(project, "task_pipeline.py", "FACTOR = 3", "FACTOR = 9")
+    assert "constant `FACTOR` in task_pipeline.py: 3 -> 9" in project.run("--why", "total").stdout
+
+
+def test_why_names_argument_with_old_and_new_value(project):
+    project.write(
+        "task_args.py",
+        """
+        from cpbuild import task
+        from ranlog import ran
+
+        @task(kwargs={"n": 10})
+        def task_table(n: int) -> int:
+            ran("table")
+            return n
+        """,
+    )
+    project.run()
+    edit(project, "task_args.py", '"n": 10', '"n": 20')
+    why = project.run("--why", "table")
+    assert "argument n: 10 -> 20" in why.stdout, why
+    why_v = project.run("--why", "table", "-v")
+    assert "argument  n = 20" in why_v.stdout
+
+
+def test_class_bodies_methods_and_bases_are_tracked(project):
+    project.write(
+        "models.py",
+        """
+        class Base:
+            offset = 1
+
+        class Model(Base):
+            def __init__(self, k):
+                self.k = k
+
+            def predict(self, x):
+                return self.k * x + self.offset
+        """,
+    )
+    project.write(
+        "task_model.py",
+        """
+        from models import Model
+        from ranlog import ran
+
+        def task_fit() -> int:
+            ran("fit")
+            return Model(2).predict(3)
+
+        def task_other() -> int:
+            ran("other")
+            return 1
+        """,
+    )
+    assert project.run().ran == {"fit", "other"}
+    edit(project, "models.py", "offset = 1", "offset = 2")
+    assert project.run().ran == {"fit"}
+    edit(project, "models.py", "self.k = k", "self.k = k + 0")
+    assert project.run().ran == {"fit"}
+
+
+def test_editing_one_task_of_a_module_reruns_only_that_task(project):
+    tasks = "\n".join(
+        f"def task_t{i}() -> int:\n    ran('t{i}')\n    return {i}\n" for i in range(10)
+    )
+    project.write("task_many.py", "from ranlog import ran\n\n" + tasks)
+    assert len(project.run().ran) == 10
+    edit(project, "task_many.py", "return 3\n", "return 3 + 0\n")
+    assert project.run().ran == {"t3"}
+
+
+def test_force_reruns_selected_tasks(project):
+    make_pipeline(project)
+    project.run()
+    assert project.run("-B", "raw").ran == {"raw"}
+
+
+def test_cache_false_always_runs(project):
+    project.write(
+        "task_nocache.py",
+        """
+        from cpbuild import task
+        from ranlog import ran
+
+        @task(cache=False)
+        def task_stamp() -> None:
+            ran("stamp")
+
+        def task_fixed() -> int:
+            ran("fixed")
+            return 1
+        """,
+    )
+    assert project.run().ran == {"stamp", "fixed"}
+    assert project.run().ran == {"stamp"}
+
+
+def test_third_party_library_is_tracked_by_version(project):
+    project.write(
+        "task_lib.py",
+        """
+        import pluggy
+        from ranlog import ran
+
+        def task_uses_lib() -> str:
+            ran("uses_lib")
+            return pluggy.__name__
+        """,
+    )
+    project.run()
+    why = project.run("--why", "uses_lib", "-v")
+    assert "library pluggy" in why.stdout, why
+
+
+def test_return_to_earlier_code_reruns_nothing_for_value_tasks(project):
+    make_pipeline(project)
+    project.run()
+    edit(project, "helpers.py", "return x * 2", "return x * 4")
+    assert project.run().ran == ALL - {"raw"}
+    edit(project, "helpers.py", "return x * 4", "return x * 2")
+    assert project.run().ran == {"report"}
+    assert project.read("build/report.txt") == "total=36\n"
