@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="load plugin module NAME; -p no:NAME disables a plugin")
     add("-C", dest="directory", metavar="DIR", help="run as if started in DIR")
     add("--json-report", metavar="PATH", help="write a JSON report of the build to PATH")
+    add("-w", "--watch", action="store_true", help="build, then rebuild what each edit affects until Ctrl-C")
+    add("--restart", action="store_true", help="with --watch: cancel running tasks when their inputs change")
+    add("--clear", action="store_true", help="with --watch: clear the screen before each cycle")
     add("--version", action="store_true", help="show the version and the loaded plugins")
     return parser
 
@@ -152,57 +155,76 @@ def _version(pm: Any) -> ExitCode:
 
 def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path) -> ExitCode:
     from cpbuild.lock import BuildLock
-    from cpbuild.scheduler import BuildOptions
     from cpbuild.session import Session
 
-    session = Session(config, options, pm, cwd)
-    lock = BuildLock(config.cache_path)
-    try:
-        session.collect()
-        assert session.graph is not None
-        if not session.graph.tasks:
-            print(f"cpbuild: no tasks collected under {config.root} (paths: "
-                  f"{', '.join(config.paths)}; task files are named task_*.py)", file=sys.stderr)
-            return ExitCode.NO_TASKS_COLLECTED
-        if options.why:
-            targets = session.graph.resolve_target(options.why, cwd)
-        else:
-            targets = session.targets(options.targets, options.keyword, options.marker)
-        if options.list:
-            targets = list(session.graph.tasks) if not (options.targets or options.keyword or options.marker) else targets
-        if not targets:
-            print("cpbuild: no tasks selected", file=sys.stderr)
-            return ExitCode.NO_TASKS_COLLECTED
-        if options.clean:
-            lock.acquire(wait=not options.no_wait)
-            return _clean(session, targets)
-        ids = session.selection(targets)
-        session.check_executor()
+    lock = BuildLock(config.cache_path, mode="watch" if options.watch else "build")
+    if options.watch:
+        from cpbuild.watch import watch
+
         lock.acquire(wait=not options.no_wait)
-        build_options = BuildOptions(
-            jobs=config.jobs,
-            keep_going=options.keep_going,
-            dry_run=bool(options.dry_run or options.list or options.why),
-            force=options.force,
-            capture=not options.no_capture,
-        )
-        if options.list:
-            session.mode = "list"
-        elif options.why:
-            session.mode = "why"
-        elif options.dry_run:
-            session.mode = "dry-run"
-        summary = session.build(ids, build_options)
-        if options.list:
-            _print_list(summary)
-        elif options.why:
-            _print_why(session, summary, targets, options.verbose)
-        if options.json_report:
-            _write_json_report(Path(cwd, options.json_report), summary)
-        return summary.exit_code
+        try:
+            return watch(config, options, pm, cwd)
+        finally:
+            lock.release()
+    session = Session(config, options, pm, cwd)
+    try:
+        return run_once(session, lock)
     finally:
         lock.release()
         session.close()
+
+
+def run_once(session: Any, lock: Any = None) -> ExitCode:
+    """Collect, select and build (or list, explain, clean) once; watch mode calls this per
+    cycle with ``lock=None`` because it holds the lock for its whole life."""
+    from cpbuild.scheduler import BuildOptions
+
+    options, config, cwd = session.options, session.config, session.cwd
+    session.collect()
+    assert session.graph is not None
+    if not session.graph.tasks:
+        print(f"cpbuild: no tasks collected under {config.root} (paths: "
+              f"{', '.join(config.paths)}; task files are named task_*.py)", file=sys.stderr)
+        return ExitCode.NO_TASKS_COLLECTED
+    if options.why:
+        targets = session.graph.resolve_target(options.why, cwd)
+    elif options.list and not (options.targets or options.keyword or options.marker):
+        targets = list(session.graph.tasks)
+    else:
+        targets = session.targets(options.targets, options.keyword, options.marker)
+    if not targets:
+        print("cpbuild: no tasks selected", file=sys.stderr)
+        return ExitCode.NO_TASKS_COLLECTED
+    if options.clean:
+        if lock is not None:
+            lock.acquire(wait=not options.no_wait)
+        return _clean(session, targets)
+    ids = session.selection(targets)
+    session.check_executor()
+    if lock is not None:
+        lock.acquire(wait=not options.no_wait)
+    build_options = BuildOptions(
+        jobs=config.jobs,
+        keep_going=options.keep_going,
+        dry_run=bool(options.dry_run or options.list or options.why),
+        force=options.force,
+        capture=not options.no_capture,
+    )
+    if options.list:
+        session.mode = "list"
+    elif options.why:
+        session.mode = "why"
+    elif options.dry_run:
+        session.mode = "dry-run"
+    summary = session.build(ids, build_options)
+    if options.list:
+        _print_list(summary)
+    elif options.why:
+        _print_why(session, summary, targets, options.verbose)
+    if options.json_report:
+        _write_json_report(Path(cwd, options.json_report), summary)
+    session.last_summary = summary
+    return summary.exit_code
 
 
 def _print_list(summary: Any) -> None:

@@ -41,6 +41,7 @@ class Session:
         self.state: State | None = None
         self.graph: Graph | None = None
         self.rebuilder: Rebuilder | None = None
+        self.last_summary: BuildSummary | None = None
 
     # -- backends -----------------------------------------------------------------------------
 
