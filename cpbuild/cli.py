@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--why", metavar="TARGET", help="explain why TARGET would run (with -v: every part of its key)")
     add("--clean", action="store_true", help="delete the products of the selected tasks (default: all tasks)")
     add("--executor", metavar="NAME", help="executor for tasks without their own (inline, thread, ...)")
+    add("--queue", dest="queues", action="append", default=[], metavar="NAME=N",
+        help="run at most N tasks of queue NAME at once (repeatable; overrides [queues])")
+    add("--log", metavar="TASK", help="print the output of TASK's last run")
     add("--no-wait", action="store_true", help="fail instead of waiting when another cpbuild holds the project")
     add("-s", dest="no_capture", action="store_true", help="do not capture the tasks' output")
     add("-v", "--verbose", action="count", default=0, help="more output (repeatable)")
@@ -137,6 +140,11 @@ def _main(argv: list[str]) -> ExitCode:
         config.jobs = options.jobs
     if options.executor:
         config.executor = options.executor
+    for item in options.queues:
+        name, _, limit = item.partition("=")
+        if not name or not limit.isdigit() or int(limit) < 1:
+            raise UsageError(f"--queue {item}: expected NAME=N with N >= 1")
+        config.queues[name] = int(limit)
     pm.hook.cpbuild_configure.call_historic(kwargs={"config": config, "options": options})
     os.chdir(config.root)  # tasks see the project root as their working directory
     return _run(config, options, pm, directory.resolve())
@@ -186,6 +194,8 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
         print(f"cpbuild: no tasks collected under {config.root} (paths: "
               f"{', '.join(config.paths)}; task files are named task_*.py)", file=sys.stderr)
         return ExitCode.NO_TASKS_COLLECTED
+    if options.log:
+        return _print_log(session, options.log)
     if options.why:
         targets = session.graph.resolve_target(options.why, cwd)
     elif options.list and not (options.targets or options.keyword or options.marker):
@@ -200,7 +210,7 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
             lock.acquire(wait=not options.no_wait)
         return _clean(session, targets)
     ids = session.selection(targets)
-    session.check_executor()
+    session.check_executor(ids)
     if lock is not None:
         lock.acquire(wait=not options.no_wait)
     build_options = BuildOptions(
@@ -274,6 +284,17 @@ def _print_key_parts(session: Any, task: Any, describe_item: Any) -> None:
         print(f"    product   {session.graph.rel(path)}")
     if any(k.startswith("object ") for k in code):
         print("  (objects are tracked by type only: their state is not part of the key)")
+
+
+def _print_log(session: Any, target: str) -> ExitCode:
+    for task_id in session.graph.resolve_target(target, session.cwd):
+        path = session.log_path(session.graph.tasks[task_id])
+        if not path.is_file():
+            print(f"cpbuild: {task_id} has no log yet (it has not run since logs are kept)", file=sys.stderr)
+            return ExitCode.USAGE_ERROR
+        print(f"=== log of {task_id} ({path}) ===")
+        print(path.read_text(), end="")
+    return ExitCode.OK
 
 
 def _clean(session: Any, targets: list[str]) -> ExitCode:

@@ -103,7 +103,11 @@ def describe_import_error(path: Path, root: Path, error: BaseException) -> str:
     """A short message for a task file that fails to import: file and line first."""
     rel = path.relative_to(root) if path.is_relative_to(root) else path
     if isinstance(error, SyntaxError):
-        where = f"{rel}:{error.lineno}" if error.lineno else str(rel)
+        source = Path(error.filename) if error.filename else path
+        shown_file = source.relative_to(root) if source.is_relative_to(root) else source
+        where = f"{shown_file}:{error.lineno}" if error.lineno else str(shown_file)
+        if source != path:
+            where += f" (imported by {rel})"
         line = (error.text or "").rstrip("\n")
         caret = ""
         if line and error.offset:

@@ -78,7 +78,8 @@ class Graph:
         return []
 
     def close_names(self, text: str) -> list[str]:
-        return difflib.get_close_matches(text, [*self.by_name, *self.by_base, *self.tasks], n=3)
+        candidates = dict.fromkeys([*self.by_name, *self.by_base, *self.tasks])
+        return difflib.get_close_matches(text, list(candidates), n=3)
 
     def _resolve(self, task: Task) -> list[str]:
         errors: list[str] = []

@@ -24,6 +24,8 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "memory": "cpbuild.storage.memory",
     "inline": "cpbuild.executors.inline",
     "thread": "cpbuild.executors.thread",
+    "process": "cpbuild.executors.process",
+    "prefix": "cpbuild.executors.prefix",
     "terminal": "cpbuild.report:TerminalReporter",
 }
 

@@ -9,7 +9,10 @@ as that task's failure with the task's name and the value's type.
 from __future__ import annotations
 
 import io
+import os
+import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,27 +25,60 @@ from cpbuild.tracebacks import format_user_traceback
 
 @dataclass
 class Job:
-    """What an executor needs to run one task."""
+    """What an executor needs to run one task.
+
+    Upstream values travel as digests (``values``) and are loaded from ``storage`` where the
+    task runs, and the result is written there too, so a large value never passes through the
+    main process. An executor whose workers cannot reach the storage sets ``storage`` to None
+    after resolving ``values`` into ``kwargs``; the value bytes then come back in the Outcome.
+    """
 
     task_id: str
     function: Callable[..., Any]
     kwargs: dict[str, Any]
+    values: dict[str, str]
     serializer: Any
+    hasher: Any
+    storage: Any
     capture: bool = True
-    options: dict[str, Any] = field(default_factory=dict)  # queue, timeout, job_prefix, ...
+    timeout: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # queue, job_prefix, ...
+
+    def resolve_values(self) -> None:
+        """Load upstream values into ``kwargs`` here, for workers without the storage."""
+        for name, digest in self.values.items():
+            self.kwargs[name] = _load(self, digest)
+        self.values = {}
+        self.storage = None
 
 
 @dataclass
 class Outcome:
-    """The result of running a job: the serialized value or the error, plus captured output."""
+    """The result of running a job: the value's digest (and bytes when the worker could not
+    store them) or the error, plus captured output."""
 
     ok: bool
+    value_digest: str | None = None
     value: bytes | None = None
     error: str | None = None
     stdout: str = ""
     stderr: str = ""
     duration: float = 0.0
     worker: str = ""
+
+
+class MissingValue(LookupError):
+    pass
+
+
+def _load(job: Job, digest: str) -> Any:
+    data = job.storage.get(digest) if job.storage is not None else None
+    if data is None:
+        raise MissingValue(
+            f"an upstream value of {job.task_id} ({digest[:12]}) is missing from the store; "
+            "rebuild its producer with cpbuild -B"
+        )
+    return job.serializer.loads(data)
 
 
 class _ThreadLocalStream(io.TextIOBase):
@@ -99,36 +135,68 @@ def _captured(enabled: bool) -> Iterator[tuple[io.StringIO, io.StringIO]]:
         stdout.local.buffer = stderr.local.buffer = None
 
 
-def run_job(job: Job) -> Outcome:
+@contextmanager
+def _fd_captured(enabled: bool) -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Capture at the file-descriptor level, so that the output of child processes (a compiler
+    run through subprocess) is captured too. Used in worker processes, one task at a time."""
+    out, err = io.StringIO(), io.StringIO()
+    if not enabled:
+        yield out, err
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+    saved = [os.dup(1), os.dup(2)]
+    os.dup2(files[0].fileno(), 1)
+    os.dup2(files[1].fileno(), 2)
+    try:
+        yield out, err
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        for stream, file in zip((out, err), files, strict=True):
+            file.seek(0)
+            stream.write(file.read().decode(errors="replace"))
+            file.close()
+
+
+def run_job(job: Job, fd_capture: bool = False) -> Outcome:
     """Run ``job`` and describe what happened. Ctrl-C propagates: it is not the task's failure."""
     start = time.perf_counter()
-    with _captured(job.capture) as (out, err):
+    result = Outcome(False, worker=f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}")
+    capture = _fd_captured if fd_capture else _captured
+    value: Any = None
+    with capture(job.capture) as (out, err):
         try:
-            value = job.function(**job.kwargs)
+            kwargs = dict(job.kwargs)
+            for name, digest in job.values.items():
+                kwargs[name] = _load(job, digest)
+            value = job.function(**kwargs)
+        except MissingValue as error:
+            result.error = str(error)
         except (Exception, SystemExit) as error:
-            return Outcome(
-                False,
-                error=format_user_traceback(error),
-                stdout=out.getvalue(),
-                stderr=err.getvalue(),
-                duration=time.perf_counter() - start,
-                worker=threading.current_thread().name,
-            )
-    duration = time.perf_counter() - start
+            result.error = format_user_traceback(error)
+    result.stdout, result.stderr = out.getvalue(), err.getvalue()
+    result.duration = time.perf_counter() - start
+    if result.error is not None:
+        return result
     try:
         data = job.serializer.dumps(value)
     except Exception as error:
-        message = (
+        result.error = (
             f"the return value of {job.task_id} (type {type(value).__module__}."
             f"{type(value).__qualname__}) cannot be serialized with {job.serializer.name}: "
             f"{type(error).__name__}: {error}"
         )
-        return Outcome(False, error=message, stdout=out.getvalue(), stderr=err.getvalue(), duration=duration)
-    return Outcome(
-        True,
-        value=data,
-        stdout=out.getvalue(),
-        stderr=err.getvalue(),
-        duration=duration,
-        worker=threading.current_thread().name,
-    )
+        return result
+    result.ok = True
+    result.value_digest = job.hasher.bytes_digest(data)
+    if job.storage is not None:
+        job.storage.put(result.value_digest, data)
+    else:
+        result.value = data
+    return result

@@ -46,6 +46,7 @@ class TaskReport:
     stderr: str = ""
     executor: str = ""
     worker: str = ""
+    attempts: int = 1
 
 
 @dataclass
@@ -94,7 +95,14 @@ class Scheduler:
             up for i in ids for up in self.graph.value_deps[i].values() if up in self.selected
         }
         self._executors: dict[str, Any] = {}
+        self._attempts: dict[str, int] = {}
+        self._logs: dict[str, list[str]] = {}
         self._stopping = False
+        self._submitting: tuple[Task, dict[Path, Any]] | None = None
+        limits = dict(session.config.queues)
+        self.queue_limits: dict[str, int] = limits
+        self.queue_running: dict[str, int] = {}
+        self.parked: dict[str, list[tuple[int, str]]] = {}
 
     # -- main loop ----------------------------------------------------------------------------
 
@@ -122,24 +130,37 @@ class Scheduler:
                 while ready and len(running) < self.options.jobs:
                     _, task_id = heapq.heappop(ready)
                     task = self.graph.tasks[task_id]
-                    if self._stopping:
-                        self._finish(TaskReport(task, SKIPPED, ["the build stopped after a failure"]))
-                        settle(task_id)
-                        continue
+                    queue = task.options.queue
+                    if queue in self.queue_limits and self.queue_running.get(queue, 0) >= self.queue_limits[queue]:
+                        self.parked.setdefault(queue, []).append((order[task_id], task_id))
+                        continue  # waits for its queue without blocking other ready tasks
                     submitted = self._start(task)
                     if submitted is None:
                         settle(task_id)
                     else:
                         running[submitted[0]] = (task, *submitted[1:])
+                        if queue is not None:
+                            self.queue_running[queue] = self.queue_running.get(queue, 0) + 1
                 if running:
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in done:
                         task, decision, before, executor = running.pop(future)
-                        self._complete(task, decision, before, future.result(), executor)
+                        retry = self._complete(task, decision, before, future.result(), executor)
+                        if retry is not None:
+                            running[retry] = (task, decision, before, executor)
+                            continue
                         settle(task.id)
+                        queue = task.options.queue
+                        if queue is not None:
+                            self.queue_running[queue] -= 1
+                            for item in self.parked.pop(queue, ()):
+                                heapq.heappush(ready, item)
         except KeyboardInterrupt:
             interrupted = True
-            for task, _, before, _ in running.values():
+            stopped = [(task, before) for task, _, before, _ in running.values()]
+            if self._submitting is not None:
+                stopped.append(self._submitting)
+            for task, before in stopped:
                 self._delete_products(task, before)
             for executor in self._executors.values():
                 executor.shutdown(cancel=True)
@@ -162,6 +183,9 @@ class Scheduler:
             up = self.reports[blocked[0]]
             verb = "failed" if up.outcome == FAILED else "was skipped"
             self._finish(TaskReport(task, SKIPPED, [f"upstream {up.task.name} {verb}"]))
+            return None
+        if self._stopping:
+            self._finish(TaskReport(task, SKIPPED, ["the build stopped after a failure"]))
             return None
         if task.skip_reason is not None:
             self._finish(TaskReport(task, SKIPPED, [task.skip_reason]))
@@ -197,44 +221,61 @@ class Scheduler:
         if self.options.dry_run:
             self._finish(TaskReport(task, WOULD_RUN, decision.reasons))
             return None
-        try:
-            kwargs = self._arguments(task)
-        except LookupError as error:
-            self._finish(TaskReport(task, FAILED, decision.reasons, error=str(error)))
+        missing = [u for u in self.graph.value_deps[task.id].values() if not self.value_digests.get(u)]
+        if missing:
+            error = f"the value of {missing[0]} is missing; rebuild it with cpbuild -B {self.graph.tasks[missing[0]].name}"
+            self._finish(TaskReport(task, FAILED, decision.reasons, error=error))
             self._stopping = not self.options.keep_going
             return None
+        return self._submit(task, decision, attempt=1)
+
+    def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[Path, Any], Any]:
         before = {}
         for product in task.products:
             product.parent.mkdir(parents=True, exist_ok=True)
             before[product] = _stat(product)
         executor = self._executor(task)
-        job = Job(task.id, task.function, kwargs, self.session.serializer, self._capture(task))
-        self.session.hook.cpbuild_task_start(session=self.session, task=task)
-        return executor.submit(job), decision, before, executor
+        session = self.session
+        job = Job(
+            task.id,
+            task.function,
+            self._arguments(task),
+            {name: self.value_digests[up] for name, up in self.graph.value_deps[task.id].items()},  # type: ignore[misc]
+            session.serializer,
+            session.hasher,
+            self.storage,
+            capture=self._capture(task),
+            timeout=task.options.timeout,
+            options={"queue": task.options.queue, "job_prefix": self._job_prefix(task), "attempt": attempt},
+        )
+        if attempt == 1:
+            session.hook.cpbuild_task_start(session=session, task=task)
+        self._attempts[task.id] = attempt
+        self._submitting = (task, before)  # an inline executor runs the task inside submit()
+        future = executor.submit(job)
+        self._submitting = None
+        return future, decision, before, executor
 
     def _capture(self, task: Task) -> bool:
         return self.options.capture and task.options.capture
 
     def _arguments(self, task: Task) -> dict[str, Any]:
+        """Plain arguments and absolute input/product paths; values travel as digests."""
         kwargs = dict(self.graph.args[task.id])
+        deps = self.graph.value_deps[task.id]
         for param in task.params:
-            if param.name in kwargs or param.name in self.graph.value_deps[task.id]:
-                continue
-            kwargs[param.name] = param.value  # inputs and products, absolute
-        serializer = self.session.serializer
-        for name, up in self.graph.value_deps[task.id].items():
-            digest = self.value_digests.get(up)
-            data = self.storage.get(digest) if digest else None
-            if data is None:
-                raise LookupError(
-                    f"the value of {up} is missing from the store; rebuild it with "
-                    f"cpbuild -B {self.graph.tasks[up].name}"
-                )
-            kwargs[name] = serializer.loads(data)
+            if param.name not in kwargs and param.name not in deps:
+                kwargs[param.name] = param.value
         return kwargs
 
+    def _job_prefix(self, task: Task) -> list[str] | None:
+        if task.options.job_prefix is not None:
+            return list(task.options.job_prefix)
+        prefix = self.session.config.prefixes.get(task.options.queue or "")
+        return prefix.split() if prefix else None
+
     def _executor(self, task: Task) -> Any:
-        name = task.options.executor or self.session.executor_name
+        name = self.session.executor_for(task)
         executor = self._executors.get(name)
         if executor is None:
             executor = self._executors[name] = self.session.make_executor(name, self.options.jobs)
@@ -242,40 +283,55 @@ class Scheduler:
 
     def _complete(
         self, task: Task, decision: Decision, before: dict[Path, Any], outcome: Outcome, executor: Any
-    ) -> None:
-        report = TaskReport(
-            task,
-            RAN,
-            decision.reasons,
-            outcome.duration,
-            stdout=outcome.stdout,
-            stderr=outcome.stderr,
-            executor=getattr(executor, "name", ""),
-            worker=outcome.worker,
-        )
+    ) -> Future[Outcome] | None:
+        """Record a finished task; returns a new future when a failed attempt is retried."""
+        attempt = self._attempts.get(task.id, 1)
         error = outcome.error
         if outcome.ok:
             missing = [self.graph.rel(p) for p in task.products if not p.is_file()]
             if missing:
                 error = f"{task.id} did not create its declared product{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
+        log = self._logs.setdefault(task.id, [])
+        log.append(_log_text(attempt, outcome, error))
         if error is not None:
             self._delete_products(task, before)
-            report.outcome, report.error = FAILED, error
+            if attempt <= task.options.retries and not self._stopping:
+                self.session.hook.cpbuild_report_message(
+                    session=self.session,
+                    message=f"{task.name} failed (attempt {attempt} of {task.options.retries + 1}); retrying",
+                    level="warning",
+                )
+                return self._submit(task, decision, attempt + 1)[0]
+        report = TaskReport(
+            task,
+            RAN if error is None else FAILED,
+            decision.reasons,
+            outcome.duration,
+            error=error,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            executor=getattr(executor, "name", ""),
+            worker=outcome.worker,
+            attempts=attempt,
+        )
+        self.session.write_log(task, "".join(log))
+        if error is not None:
+            if attempt > 1:
+                report.error = f"{error.rstrip()}\n(failed {attempt} attempts; the log of every attempt: cpbuild --log {task.name})"
             self._stopping = not self.options.keep_going
             self._finish(report)
-            return
+            return None
         files = self.rebuilder.files
-        products = {}
-        for path in task.products:
-            products[self.graph.rel(path)] = files.digest(str(path), fresh=True)
-        assert outcome.value is not None and decision.key is not None and decision.parts is not None
-        value_digest = self.session.hasher.bytes_digest(outcome.value)
-        self.storage.put(value_digest, outcome.value)
-        record = Record(decision.key, task.id, value_digest, products, outcome.duration)
+        products = {self.graph.rel(path): files.digest(str(path), fresh=True) for path in task.products}
+        assert outcome.value_digest is not None and decision.key is not None and decision.parts is not None
+        if outcome.value is not None:
+            self.storage.put(outcome.value_digest, outcome.value)
+        record = Record(decision.key, task.id, outcome.value_digest, products, outcome.duration)
         if task.options.cache:
             self.state.record(record, decision.parts, files.take_dirty(), time.time())
-        self.value_digests[task.id] = value_digest
+        self.value_digests[task.id] = outcome.value_digest
         self._finish(report)
+        return None
 
     def _delete_products(self, task: Task, before: dict[Path, Any]) -> None:
         """Delete the products a failed or interrupted run created or changed."""
@@ -297,3 +353,13 @@ def _stat(path: Path) -> tuple[int, int, int] | None:
     except FileNotFoundError:
         return None
     return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _log_text(attempt: int, outcome: Outcome, error: str | None) -> str:
+    """One attempt's section of a task's log file."""
+    status = "ok" if error is None else "failed"
+    parts = [f"=== attempt {attempt}: {status} in {outcome.duration:.2f}s on {outcome.worker} ===\n"]
+    for label, text in (("stdout", outcome.stdout), ("stderr", outcome.stderr), ("error", error)):
+        if text:
+            parts.append(f"--- {label} ---\n{text.rstrip()}\n")
+    return "".join(parts)

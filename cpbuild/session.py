@@ -7,6 +7,7 @@ CLI (or watch mode, once per cycle) drives: collect -> graph -> select -> build.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ class Session:
         self.hasher = self.hook.cpbuild_make_hasher(config=config)
         self.serializer = self.hook.cpbuild_make_serializer(config=config)
         self.storage = self._make_storage(config.storage)
-        self.executor_name = config.executor or ("inline" if config.jobs == 1 else "thread")
+        self.executor_name = config.executor or ("inline" if config.jobs == 1 else "process")
         self.state: State | None = None
         self.graph: Graph | None = None
         self.rebuilder: Rebuilder | None = None
@@ -59,17 +60,36 @@ class Session:
             raise UsageError(f"unknown executor '{name}' (available: {', '.join(known)})")
         return executor
 
-    def check_executor(self) -> None:
-        """Fail before building when the configured executor does not exist."""
+    def executor_for(self, task: Task) -> str:
+        """A task's own executor; else ``prefix`` when it has a job prefix (its own or its
+        queue's); else the session's."""
+        if task.options.executor:
+            return task.options.executor
+        if task.options.job_prefix is not None or (task.options.queue or "") in self.config.prefixes:
+            return "prefix"
+        return self.executor_name
+
+    def check_executor(self, ids: list[str]) -> None:
+        """Fail before building when an executor the selection needs does not exist."""
+        assert self.graph is not None
         known = {n for names in self.hook.cpbuild_executor_names() for n in names}
-        names = {self.executor_name}
-        if self.graph is not None:
-            names |= {t.options.executor for t in self.graph.tasks.values() if t.options.executor}
-        unknown = sorted(names - known)
+        unknown = sorted({self.executor_for(self.graph.tasks[i]) for i in ids} - known)
         if unknown:
             raise UsageError(
                 f"unknown executor '{unknown[0]}' (available: {', '.join(sorted(known))})"
             )
+
+    def log_path(self, task: Task) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-_.[]" else "_" for c in task.id)
+        return self.config.cache_path / "logs" / f"{safe}.log"
+
+    def write_log(self, task: Task, text: str) -> None:
+        """Keep the last run's output of a task (``cpbuild --log TASK``), written atomically."""
+        path = self.log_path(task)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
     def open_state(self) -> State:
         if self.state is None:

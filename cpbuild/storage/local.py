@@ -20,6 +20,9 @@ from cpbuild.hookspecs import hookimpl
 
 
 class LocalStorage:
+    #: Workers on this machine (or on a shared file system) can read and write it directly.
+    shareable = True
+
     def __init__(self, folder: Path, hasher: Any) -> None:
         self.folder = folder
         self.hasher = hasher

@@ -1,0 +1,213 @@
+"""The process executor: a pool of reusable worker processes (the default for ``-j`` > 1).
+
+Each pool slot is a thread in the main process that owns one worker (``cpbuild.worker serve``)
+and talks to it over a pair of pipes: job in, outcome out. Owning the process, rather than
+using ``concurrent.futures.ProcessPoolExecutor``, is what makes these guarantees possible:
+
+* a worker that dies (segfault, ``os._exit``) fails only the task it was running; the slot
+  starts a fresh worker for the next task (a ProcessPoolExecutor breaks as a whole);
+* ``timeout=`` kills the task's whole process group (the worker runs in its own session, so
+  processes the task started die with it), then the slot starts a fresh worker;
+* Ctrl-C reaches only the main process (workers are in their own sessions), which terminates
+  the workers' process groups and records nothing half-done.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from cpbuild.executors.shipping import dumps_job, prepare, worker_init
+from cpbuild.hookspecs import hookimpl
+from cpbuild.runner import Job, Outcome
+from cpbuild.worker import read_frame, write_frame
+
+#: Seconds between SIGTERM and SIGKILL when stopping a worker's process group.
+KILL_GRACE = 2.0
+
+
+def describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "still running"
+    if returncode < 0:
+        try:
+            return f"killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def kill_group(process: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None:
+    """SIGTERM the process group, then SIGKILL what is left after ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait()
+
+
+class _Worker:
+    """One worker process and the two pipe ends the main process holds."""
+
+    def __init__(self) -> None:
+        job_read, self.job_write = os.pipe()
+        self.outcome_read, outcome_write = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cpbuild.worker", "serve", str(job_read), str(outcome_write)],
+            pass_fds=(job_read, outcome_write),
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        os.close(job_read)
+        os.close(outcome_write)
+        write_frame(self.job_write, pickle.dumps(worker_init()))
+
+    def close(self, kill: bool = False) -> None:
+        for fd in (self.job_write, self.outcome_read):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if kill:
+            kill_group(self.process)
+        else:
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                kill_group(self.process)
+
+
+class ProcessExecutor:
+    name = "process"
+
+    def __init__(self, jobs: int, root: Path) -> None:
+        self.capacity = jobs
+        self.root = root
+        self._queue: queue.SimpleQueue[tuple[Job, Future[Outcome]] | None] = queue.SimpleQueue()
+        self._workers: dict[int, _Worker] = {}
+        self._lock = threading.Lock()
+        self._closing = False
+        self._threads = [
+            threading.Thread(target=self._slot, args=(i,), name=f"cpbuild-slot-{i}", daemon=True)
+            for i in range(jobs)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, job: Job) -> Future[Outcome]:
+        future: Future[Outcome] = Future()
+        try:
+            payload = dumps_job(prepare(job), self.root)
+        except Exception as error:
+            future.set_result(Outcome(False, error=f"{job.task_id} cannot be sent to a worker process: {type(error).__name__}: {error}"))
+            return future
+        self._queue.put((job, future, payload))  # type: ignore[arg-type]
+        return future
+
+    def _slot(self, index: int) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            job, future, payload = item  # type: ignore[misc]
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                outcome = self._run(index, job, payload)
+            except Exception as error:  # never leave a future unresolved: the build would hang
+                outcome = Outcome(False, error=f"the process executor failed running {job.task_id}: {error!r}")
+            future.set_result(outcome)
+        with self._lock:
+            worker = self._workers.pop(index, None)
+        if worker is not None:
+            worker.close(kill=self._closing)
+
+    def _worker(self, index: int) -> _Worker:
+        with self._lock:
+            worker = self._workers.get(index)
+            if worker is None or worker.process.poll() is not None:
+                if worker is not None:
+                    worker.close()
+                worker = self._workers[index] = _Worker()
+            return worker
+
+    def _retire(self, index: int, kill: bool) -> _Worker | None:
+        with self._lock:
+            worker = self._workers.pop(index, None)
+        if worker is not None:
+            worker.close(kill=kill)
+        return worker
+
+    def _run(self, index: int, job: Job, payload: bytes) -> Outcome:
+        worker = self._worker(index)
+        start = time.monotonic()
+        try:
+            write_frame(worker.job_write, payload)
+        except BrokenPipeError:
+            self._retire(index, kill=True)
+            return Outcome(False, error=f"the worker for {job.task_id} exited before taking the job")
+        if job.timeout is not None:
+            ready, _, _ = select.select([worker.outcome_read], [], [], job.timeout)
+            if not ready:
+                self._retire(index, kill=True)
+                return Outcome(
+                    False,
+                    error=f"{job.task_id} timed out after {job.timeout:g}s; its process group was killed",
+                    duration=time.monotonic() - start,
+                    worker=f"pid {worker.process.pid}",
+                )
+        data = read_frame(worker.outcome_read)
+        if data is None:
+            worker.process.wait()
+            status = describe_exit(worker.process.returncode)
+            self._retire(index, kill=True)
+            if self._closing:
+                return Outcome(False, error=f"{job.task_id} was stopped", worker=f"pid {worker.process.pid}")
+            return Outcome(
+                False,
+                error=f"the worker process running {job.task_id} died ({status})",
+                duration=time.monotonic() - start,
+                worker=f"pid {worker.process.pid}",
+            )
+        return pickle.loads(data)
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._closing = cancel
+        if cancel:
+            with self._lock:
+                workers = list(self._workers.values())
+            for worker in workers:
+                kill_group(worker.process, grace=0.5)
+        for _ in self._threads:
+            self._queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout=None if not cancel else 5)
+
+
+@hookimpl
+def cpbuild_executor_names() -> list[str]:
+    return ["process"]
+
+
+@hookimpl
+def cpbuild_make_executor(name: str, config: Any, jobs: int) -> ProcessExecutor | None:
+    return ProcessExecutor(jobs, config.root) if name == "process" else None

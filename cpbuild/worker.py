@@ -1,0 +1,113 @@
+"""The executing side of the ``process`` and ``prefix`` executors.
+
+``python -m cpbuild.worker serve READ_FD WRITE_FD``: a long-lived pool worker. It reads
+length-prefixed pickled jobs from one pipe and writes outcomes to the other, one at a time, so
+it can be reused across tasks. Its standard streams are the terminal's; task output is captured
+at the file-descriptor level per job.
+
+``python -m cpbuild.worker run JOB_FILE OUTCOME_FILE``: runs one job and exits; used behind a
+job-scheduler prefix (``srun ... python -m cpbuild.worker run ...``) over a shared file system.
+The outcome file is written atomically; the exit status is 0 whether the task failed or not
+(the outcome says), so a non-zero status means the job never got to report.
+
+This module imports nothing heavy: workers unpickle jobs, which imports cloudpickle (and the
+user's libraries) only when the job needs them.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import sys
+from typing import Any
+
+_HEADER = struct.Struct("<Q")
+
+
+def write_frame(fd: int, data: bytes) -> None:
+    view = memoryview(_HEADER.pack(len(data)) + data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def read_frame(fd: int) -> bytes | None:
+    """One frame, or None at end of file (the other side is gone)."""
+    header = _read_exactly(fd, _HEADER.size)
+    if header is None:
+        return None
+    (size,) = _HEADER.unpack(header)
+    return _read_exactly(fd, size)
+
+
+def _read_exactly(fd: int, size: int) -> bytes | None:
+    chunks = []
+    remaining = size
+    while remaining:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _setup(init: dict[str, Any]) -> None:
+    sys.path[:] = init["sys_path"]
+    os.chdir(init["cwd"])
+
+
+def serve(read_fd: int, write_fd: int) -> int:
+    from cpbuild.runner import run_job
+
+    init = read_frame(read_fd)
+    if init is None:
+        return 0
+    _setup(pickle.loads(init))
+    while True:
+        data = read_frame(read_fd)
+        if data is None:
+            return 0
+        try:
+            job = pickle.loads(data)
+        except Exception as error:  # e.g. a library the task needs is missing here
+            from cpbuild.runner import Outcome
+
+            outcome = Outcome(False, error=f"the job could not be unpickled in the worker: {error!r}")
+        else:
+            outcome = run_job(job, fd_capture=True)
+        write_frame(write_fd, pickle.dumps(outcome, protocol=5))
+
+
+def run_file(job_file: str, outcome_file: str) -> int:
+    from cpbuild.runner import Outcome, run_job
+
+    with open(job_file, "rb") as stream:
+        init, data = pickle.load(stream)
+    _setup(init)
+    try:
+        job = pickle.loads(data)
+    except Exception as error:
+        outcome = Outcome(False, error=f"the job could not be unpickled on {os.uname().nodename}: {error!r}")
+    else:
+        outcome = run_job(job, fd_capture=False)
+    tmp = f"{outcome_file}.tmp"
+    with open(tmp, "wb") as stream:
+        pickle.dump(outcome, stream, protocol=5)
+    os.replace(tmp, outcome_file)
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 3 and argv[0] == "serve":
+        return serve(int(argv[1]), int(argv[2]))
+    if len(argv) == 3 and argv[0] == "run":
+        return run_file(argv[1], argv[2])
+    print("usage: python -m cpbuild.worker serve READ_FD WRITE_FD | run JOB_FILE OUTCOME_FILE",
+          file=sys.stderr)
+    return 4
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,550 @@
+"""The command line (DESIGN §4, §7, §9): listing, reports, cleaning, selection, root discovery,
+configuration, plugins, entry points, output capture and executors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import cpbuild
+
+PIPELINE = """
+from pathlib import Path
+from typing import Annotated
+
+from cpbuild import Product
+from ranlog import ran
+
+
+def task_raw(data: Path = Path("data.txt")) -> list[int]:
+    ran("raw")
+    return [int(x) for x in data.read_text().split()]
+
+
+def task_total(raw: list[int]) -> int:
+    ran("total")
+    return sum(raw)
+
+
+def task_report(total: int, out: Annotated[Path, Product] = Path("build/report.txt")) -> None:
+    ran("report")
+    out.write_text(f"total={total}\\n")
+
+
+def task_copy(data: Path = Path("data.txt"), produces: Path = Path("build/copy.txt")) -> None:
+    ran("copy")
+    produces.write_text(data.read_text())
+"""
+
+PIPELINE_TASKS = {"raw", "total", "report", "copy"}
+
+SELECTION = """
+from cpbuild import mark, task
+from ranlog import ran
+
+for n in (10, 20):
+
+    @task(id=str(n), kwargs={"n": n})
+    def task_table(n: int) -> int:
+        ran(f"table[{n}]")
+        return n
+
+
+def task_report() -> str:
+    ran("report")
+    return "report"
+
+
+@mark.slow
+def task_fit() -> int:
+    ran("fit")
+    return 1
+
+
+@mark.slow
+@mark.gpu
+def task_train() -> int:
+    ran("train")
+    return 2
+"""
+
+SELECTION_TASKS = {"table[10]", "table[20]", "report", "fit", "train"}
+
+KEY_EXTRA_PLUGIN = """
+import os
+
+from cpbuild.hookspecs import hookimpl
+
+__version__ = "2.5"
+
+
+@hookimpl
+def cpbuild_key_extras(task):
+    return {"env:MYVAR": os.environ.get("MYVAR", "")}
+"""
+
+
+def make_pipeline(project):
+    project.write("task_pipeline.py", PIPELINE)
+    project.write("data.txt", "1 2 3\n")
+    return project
+
+
+def list_lines(result) -> dict[str, str]:
+    """``cpbuild --list`` as {task id: status}."""
+    lines = {}
+    for line in result.stdout.splitlines():
+        if "::" in line:
+            task_id, _, status = line.partition("  ")
+            lines[task_id.strip()] = status.strip()
+    return lines
+
+
+# -- --list ----------------------------------------------------------------------------------
+
+
+def test_list_before_the_first_build_shows_every_task_stale(project):
+    make_pipeline(project)
+    result = project.run("--list")
+    assert result.exit_code == 0, result
+    assert result.ran == set()
+    lines = list_lines(result)
+    assert set(lines) == {f"task_pipeline.py::{name}" for name in PIPELINE_TASKS}
+    assert lines["task_pipeline.py::raw"] == "stale: never built"
+    assert lines["task_pipeline.py::copy"] == "stale: never built"
+    assert lines["task_pipeline.py::total"].startswith("stale: ")
+
+
+def test_list_shows_up_to_date_and_stale_with_reason(project):
+    make_pipeline(project)
+    assert project.run().ran == PIPELINE_TASKS
+    (project.path / "build/copy.txt").unlink()
+    lines = list_lines(project.run("--list"))
+    assert lines["task_pipeline.py::raw"] == "up to date"
+    assert lines["task_pipeline.py::report"] == "up to date"
+    assert lines["task_pipeline.py::copy"] == "stale: product build/copy.txt is missing"
+    (project.path / "data.txt").write_text("4 5\n")
+    lines = list_lines(project.run("--list"))
+    assert lines["task_pipeline.py::raw"] == "stale: input data.txt changed"
+    assert lines["task_pipeline.py::total"].startswith("stale: ")
+    assert "raw" in lines["task_pipeline.py::total"]
+
+
+# -- --json-report ----------------------------------------------------------------------------
+
+
+def test_json_report_has_id_outcome_reasons_and_duration_per_task(project):
+    make_pipeline(project)
+    result = project.run("--json-report", "reports/build.json")
+    assert result.exit_code == 0, result
+    report = json.loads(project.read("reports/build.json"))
+    assert report["exit_code"] == 0
+    tasks = {t["id"]: t for t in report["tasks"]}
+    assert set(tasks) == {f"task_pipeline.py::{name}" for name in PIPELINE_TASKS}
+    for entry in tasks.values():
+        assert entry["outcome"] == "ran"
+        assert entry["reasons"] == ["never built"]
+        assert isinstance(entry["duration"], float) and entry["duration"] >= 0
+    project.run("--json-report", "reports/build.json")
+    again = json.loads(project.read("reports/build.json"))
+    assert {t["outcome"] for t in again["tasks"]} == {"up-to-date"}
+
+
+def test_json_report_records_failed_and_skipped_tasks(project):
+    project.write(
+        "task_fail.py",
+        """
+        def task_broken() -> int:
+            raise ValueError("bad data")
+
+        def task_after(broken: int) -> int:
+            return broken
+
+        def task_fine() -> int:
+            return 1
+        """,
+    )
+    result = project.run("--keep-going", "--json-report", "report.json")
+    assert result.exit_code == 1, result
+    report = json.loads(project.read("report.json"))
+    assert report["exit_code"] == 1
+    tasks = {t["id"]: t for t in report["tasks"]}
+    assert tasks["task_fail.py::broken"]["outcome"] == "failed"
+    assert "ValueError: bad data" in tasks["task_fail.py::broken"]["error"]
+    assert tasks["task_fail.py::after"]["outcome"] == "skipped"
+    assert tasks["task_fail.py::after"]["reasons"] == ["upstream broken failed"]
+    assert tasks["task_fail.py::fine"]["outcome"] == "ran"
+
+
+def test_json_report_path_is_relative_to_the_invocation_folder(project):
+    make_pipeline(project)
+    project.write("cpbuild.toml", "")
+    (project.path / "sub").mkdir()
+    result = project.run("--json-report", "r.json", cwd=project.path / "sub")
+    assert result.exit_code == 0, result
+    assert (project.path / "sub/r.json").is_file()
+
+
+# -- --clean ----------------------------------------------------------------------------------
+
+
+def test_clean_deletes_all_products_and_the_next_build_reruns_them(project):
+    make_pipeline(project)
+    project.run()
+    result = project.run("--clean")
+    assert result.exit_code == 0, result
+    assert result.ran == set()
+    assert not (project.path / "build/report.txt").exists()
+    assert not (project.path / "build/copy.txt").exists()
+    assert (project.path / "data.txt").exists(), "inputs are not products"
+    rebuilt = project.run()
+    assert rebuilt.exit_code == 0, rebuilt
+    assert {"report", "copy"} <= rebuilt.ran
+    assert project.read("build/report.txt") == "total=6\n"
+
+
+def test_clean_of_a_selected_task_deletes_only_its_products(project):
+    make_pipeline(project)
+    project.run()
+    result = project.run("--clean", "copy")
+    assert result.exit_code == 0, result
+    assert "removed build/copy.txt" in result.stdout
+    assert not (project.path / "build/copy.txt").exists()
+    assert (project.path / "build/report.txt").exists()
+    assert project.run().ran == {"copy"}
+
+
+# -- selection: -k and -m ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("option", "expression", "expected"),
+    [
+        ("-k", "table and not 10", {"table[20]"}),
+        ("-k", "report", {"report"}),
+        ("-k", "table or fit", {"table[10]", "table[20]", "fit"}),
+        ("-m", "slow", {"fit", "train"}),
+        ("-m", "not slow", {"table[10]", "table[20]", "report"}),
+        ("-m", "slow and not gpu", {"fit"}),
+    ],
+)
+def test_select_with_keyword_and_marker_expressions(project, option, expression, expected):
+    project.write("task_sel.py", SELECTION)
+    result = project.run(option, expression)
+    assert result.exit_code == 0, result
+    assert result.ran == expected
+
+
+def test_keyword_selecting_nothing_exits_5(project):
+    project.write("task_sel.py", SELECTION)
+    result = project.run("-k", "nothing_matches_this")
+    assert result.exit_code == 5, result
+    assert "no tasks selected" in result.stderr
+
+
+# -- root discovery and configuration ----------------------------------------------------------
+
+
+def test_dash_C_runs_in_another_folder(project):
+    make_pipeline(project)
+    result = project.run("-C", project.path.name, cwd=project.path.parent)
+    assert result.exit_code == 0, result
+    assert result.ran == PIPELINE_TASKS
+    assert project.read("build/report.txt") == "total=6\n"
+    assert (project.path / ".cpbuild").is_dir()
+    assert not (project.path.parent / ".cpbuild").exists()
+
+
+def test_root_is_found_upward_from_a_subfolder(project):
+    make_pipeline(project)
+    project.write("cpbuild.toml", "")
+    deep = project.path / "docs" / "deep"
+    deep.mkdir(parents=True)
+    result = project.run(cwd=deep)
+    assert result.exit_code == 0, result
+    assert result.ran == PIPELINE_TASKS
+    assert (project.path / ".cpbuild").is_dir()
+    assert not (deep / ".cpbuild").exists()
+    assert project.run("report", cwd=deep).ran == set()
+
+
+def test_tool_cpbuild_table_in_pyproject_is_honoured(project):
+    make_pipeline(project)
+    project.write(
+        "pyproject.toml",
+        """
+        [project]
+        name = "demo"
+
+        [tool.cpbuild]
+        default = ["copy"]
+        cache_dir = "_cache"
+        """,
+    )
+    (project.path / "sub").mkdir()
+    result = project.run(cwd=project.path / "sub")
+    assert result.exit_code == 0, result
+    assert result.ran == {"copy"}
+    assert (project.path / "_cache").is_dir()
+    assert not (project.path / ".cpbuild").exists()
+
+
+def test_pyproject_without_tool_cpbuild_is_not_a_root_marker(project):
+    make_pipeline(project)
+    project.write("cpbuild.toml", "")
+    project.write("sub/pyproject.toml", '[project]\nname = "unrelated"\n')
+    result = project.run(cwd=project.path / "sub")
+    assert result.exit_code == 0, result
+    assert result.ran == PIPELINE_TASKS
+
+
+# -- --version --------------------------------------------------------------------------------
+
+
+def test_version_shows_cpbuild_and_builtin_plugins_with_versions(project):
+    result = project.run("--version")
+    assert result.exit_code == 0, result
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"cpbuild {cpbuild.__version__}")
+    for name in ("terminal", "local", "inline", "thread", "python"):
+        assert f"  {name}: built-in {cpbuild.__version__}" in lines
+
+
+# -- plugins ----------------------------------------------------------------------------------
+
+
+def test_config_plugin_key_extras_rerun_tasks_and_why_names_them(project):
+    make_pipeline(project)
+    project.write("myplugin.py", KEY_EXTRA_PLUGIN)
+    project.write("cpbuild.toml", 'plugins = ["myplugin"]\n')
+    first = project.run(MYVAR="one")
+    assert first.exit_code == 0, first
+    assert first.ran == PIPELINE_TASKS
+    assert project.run(MYVAR="one").ran == set()
+    why = project.run("--why", "raw", MYVAR="two")
+    assert why.ran == set()
+    assert "key extra env:MYVAR changed" in why.stdout, why
+    assert project.run(MYVAR="two").ran == PIPELINE_TASKS
+
+
+def test_dash_p_loads_a_plugin_module(project):
+    make_pipeline(project)
+    project.write("myplugin.py", KEY_EXTRA_PLUGIN)
+    assert project.run("-p", "myplugin", MYVAR="one").ran == PIPELINE_TASKS
+    assert project.run("-p", "myplugin", MYVAR="one").ran == set()
+    assert project.run("-p", "myplugin", MYVAR="two").ran == PIPELINE_TASKS
+    version = project.run("-p", "myplugin", "--version")
+    assert "  myplugin: 2.5" in version.stdout.splitlines(), version
+
+
+def test_version_lists_plugins_named_in_the_config(project):
+    project.write("myplugin.py", KEY_EXTRA_PLUGIN)
+    project.write("cpbuild.toml", 'plugins = ["myplugin"]\n')
+    result = project.run("--version")
+    assert result.exit_code == 0, result
+    assert "  myplugin: 2.5" in result.stdout.splitlines()
+
+
+def test_config_plugin_in_the_project_root_loads_with_dash_C(project):
+    make_pipeline(project)
+    project.write("myplugin.py", KEY_EXTRA_PLUGIN)
+    project.write("cpbuild.toml", 'plugins = ["myplugin"]\n')
+    first = project.run("-C", project.path.name, cwd=project.path.parent, MYVAR="one")
+    assert first.exit_code == 0, first
+    assert first.ran == PIPELINE_TASKS
+    assert project.run(MYVAR="two").ran == PIPELINE_TASKS
+
+
+def test_unknown_plugin_is_a_usage_error(project):
+    make_pipeline(project)
+    result = project.run("-p", "no_such_plugin_module")
+    assert result.exit_code == 4, result
+    assert "no_such_plugin_module" in result.stderr
+
+
+def test_dash_p_no_terminal_silences_output_but_builds(project):
+    make_pipeline(project)
+    result = project.run("-p", "no:terminal")
+    assert result.exit_code == 0, result
+    assert result.stdout == ""
+    assert result.ran == PIPELINE_TASKS
+    assert project.read("build/report.txt") == "total=6\n"
+
+
+ENTRY_POINT_PLUGIN = """
+from cpbuild.hookspecs import hookimpl
+
+
+@hookimpl
+def cpbuild_build_finish(session, summary):
+    print(f"myplug saw {len(summary.reports)} tasks")
+"""
+
+
+@pytest.fixture
+def installed_plugin(tmp_path):
+    """A folder holding the plugin module ``myplug`` and its dist-info with an entry point in
+    the ``cpbuild`` group, as pip would install it; put it on PYTHONPATH."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "myplug.py").write_text(ENTRY_POINT_PLUGIN)
+    dist_info = site / "myplug-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text("[cpbuild]\nmyplug = myplug\n")
+    return str(site)
+
+
+def test_entry_point_plugin_is_listed_with_its_version(project, installed_plugin):
+    result = project.run("--version", PYTHONPATH=installed_plugin)
+    assert result.exit_code == 0, result
+    line = next((line for line in result.stdout.splitlines() if "myplug" in line), None)
+    assert line is not None, result
+    assert "1.0" in line
+
+
+def test_entry_point_plugin_hooks_are_called(project, installed_plugin):
+    make_pipeline(project)
+    result = project.run(PYTHONPATH=installed_plugin)
+    assert result.exit_code == 0, result
+    assert "myplug saw 4 tasks" in result.stdout
+    assert "myplug saw" not in project.run().stdout
+
+
+def test_dash_p_no_blocks_an_entry_point_plugin(project, installed_plugin):
+    make_pipeline(project)
+    result = project.run("-p", "no:myplug", PYTHONPATH=installed_plugin)
+    assert result.exit_code == 0, result
+    assert "myplug saw" not in result.stdout
+    version = project.run("-p", "no:myplug", "--version", PYTHONPATH=installed_plugin)
+    assert "myplug" not in version.stdout
+
+
+# -- entry points of cpbuild itself ---------------------------------------------------------------
+
+
+def test_python_dash_m_cpbuild(project):
+    make_pipeline(project)
+    completed = subprocess.run(
+        [sys.executable, "-m", "cpbuild", "--list"],
+        cwd=project.path,
+        env=project.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "task_pipeline.py::report" in completed.stdout
+
+
+@pytest.fixture
+def console_script(project, monkeypatch):
+    """Make ``project.run`` use the installed ``cpbuild`` console script."""
+    script = shutil.which("cpbuild")
+    if script is None:
+        pytest.skip("the cpbuild console script is not installed")
+    monkeypatch.setattr(project, "command", lambda *args: [script, *args])
+    return script
+
+
+def test_console_script_builds(project, console_script):
+    make_pipeline(project)
+    result = project.run()
+    assert result.exit_code == 0, result
+    assert result.ran == PIPELINE_TASKS
+    assert project.run().ran == set()
+
+
+def test_console_script_loads_a_config_plugin_from_the_project_root(project, console_script):
+    make_pipeline(project)
+    project.write("myplugin.py", KEY_EXTRA_PLUGIN)
+    project.write("cpbuild.toml", 'plugins = ["myplugin"]\n')
+    first = project.run(MYVAR="one")
+    assert first.exit_code == 0, first
+    assert project.run(MYVAR="two").ran == PIPELINE_TASKS
+
+
+# -- output capture ---------------------------------------------------------------------------
+
+TALKING = """
+import sys
+
+from ranlog import ran
+
+
+def task_talk() -> int:
+    ran("talk")
+    print("hello from the task")
+    print("warning from the task", file=sys.stderr)
+    return 1
+"""
+
+
+def test_output_of_a_successful_task_is_captured_and_not_shown(project):
+    project.write("task_talk.py", TALKING)
+    result = project.run()
+    assert result.exit_code == 0, result
+    assert result.ran == {"talk"}
+    assert "hello from the task" not in result.output
+    assert "warning from the task" not in result.output
+
+
+def test_dash_s_shows_task_output_live(project):
+    project.write("task_talk.py", TALKING)
+    result = project.run("-s")
+    assert result.exit_code == 0, result
+    assert result.ran == {"talk"}
+    assert "hello from the task" in result.stdout
+    assert "warning from the task" in result.stderr
+    # printed while the task ran, before the reporter's line about it
+    assert result.stdout.index("hello from the task") < result.stdout.index("ran         talk")
+
+
+# -- executors ----------------------------------------------------------------------------------
+
+
+def test_thread_executor_with_two_jobs_builds_correctly(project):
+    make_pipeline(project)
+    result = project.run("--executor", "thread", "-j", "2")
+    assert result.exit_code == 0, result
+    assert result.ran == PIPELINE_TASKS
+    assert len(result.ran_list) == len(PIPELINE_TASKS)
+    assert project.read("build/report.txt") == "total=6\n"
+    assert project.read("build/copy.txt") == "1 2 3\n"
+    assert project.run("--executor", "thread", "-j", "2").ran == set()
+    (project.path / "data.txt").write_text("5 5\n")
+    assert project.run("--executor", "thread", "-j", "2").ran == PIPELINE_TASKS
+    assert project.read("build/report.txt") == "total=10\n"
+
+
+def test_thread_executor_runs_independent_tasks_at_once(project):
+    # Both tasks wait on one barrier for two parties: run one after the other, the first would
+    # time out and fail.
+    project.write(
+        "sync.py",
+        "import threading\n\nBARRIER = threading.Barrier(2, timeout=30)\n",
+    )
+    project.write(
+        "task_pair.py",
+        """
+        import sync
+        from ranlog import ran
+
+        def task_left() -> str:
+            sync.BARRIER.wait()
+            ran("left")
+            return "left"
+
+        def task_right() -> str:
+            sync.BARRIER.wait()
+            ran("right")
+            return "right"
+        """,
+    )
+    result = project.run("--executor", "thread", "-j", "2")
+    assert result.exit_code == 0, result
+    assert result.ran == {"left", "right"}

@@ -1,0 +1,424 @@
+"""Executors, queues, retries, timeouts, crashes and interrupts (issue: parallel execution).
+
+Concurrency is checked from the tasks' own start/end timestamps, written to files, so the
+assertions do not depend on interpreter start-up or machine load beyond the tasks themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+INTERVALS = '''
+import os
+import time
+from pathlib import Path
+
+
+def timed(name, seconds):
+    """Sleep, recording the task's start and end times in intervals/NAME."""
+    start = time.time()
+    time.sleep(seconds)
+    folder = Path(os.environ["CPBUILD_TEST_LOG"]).with_suffix(".intervals")
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"{start} {time.time()}")
+'''
+
+
+def intervals(project) -> dict[str, tuple[float, float]]:
+    folder = project.log.with_suffix(".intervals")
+    result = {}
+    for path in folder.iterdir():
+        start, end = path.read_text().split()
+        result[path.name] = (float(start), float(end))
+    return result
+
+
+def sleepers(project, count: int, seconds: float, extra: str = "") -> None:
+    project.write("timing.py", INTERVALS)
+    body = "from cpbuild import task\nfrom ranlog import ran\nfrom timing import timed\n\n"
+    for i in range(count):
+        body += f"@task({extra})\ndef task_s{i}() -> None:\n    ran('s{i}')\n    timed('s{i}', {seconds})\n\n"
+    project.write("task_sleep.py", body)
+
+
+@pytest.mark.parametrize("executor", ["thread", "process"])
+def test_two_independent_tasks_run_in_parallel(project, executor):
+    sleepers(project, 2, 1.0)
+    result = project.run("-j2", "--executor", executor)
+    assert result.exit_code == 0, result
+    assert result.ran == {"s0", "s1"}
+    spans = intervals(project).values()
+    wall = max(end for _, end in spans) - min(start for start, _ in spans)
+    assert wall < 1.6, f"two 1 s tasks took {wall:.2f} s with -j2 on {executor}"
+    assert project.run("-j2", "--executor", executor).ran == set()
+
+
+def test_queue_limit_serializes_its_tasks_without_blocking_others(project):
+    sleepers(project, 3, 0.3, extra='queue="gpu"')
+    project.write("cpbuild.toml", "[queues]\ngpu = 1\n")
+    project.write(
+        "task_free.py",
+        "from ranlog import ran\n\ndef task_free() -> int:\n    ran('free')\n    return 1\n",
+    )
+    result = project.run("-j3", "--executor", "thread")
+    assert result.exit_code == 0, result
+    assert result.ran == {"s0", "s1", "s2", "free"}
+    spans = sorted(intervals(project).values())
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+        assert start >= end, f"queue gpu=1 tasks overlapped: {spans}"
+
+
+def test_queue_limit_from_the_command_line(project):
+    sleepers(project, 2, 0.3, extra='queue="io"')
+    result = project.run("-j2", "--executor", "thread", "--queue", "io=1")
+    assert result.exit_code == 0, result
+    (a_start, a_end), (b_start, b_end) = sorted(intervals(project).values())
+    assert b_start >= a_end
+
+
+def test_queue_limit_below_one_is_a_config_error(project):
+    sleepers(project, 1, 0)
+    project.write("cpbuild.toml", "[queues]\ngpu = 0\n")
+    result = project.run()
+    assert result.exit_code == 4
+    assert "queues" in result.stderr and "cpbuild.toml" in result.stderr
+
+
+FAKE_SCHEDULER = """\
+#!{python}
+'''Stand-in job scheduler: runs the command in a new session with a job id in its environment.'''
+import os
+import sys
+
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    os.execvpe(sys.argv[1], sys.argv[1:], dict(os.environ, FAKE_JOB_ID="4242"))
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_prefix_executor_runs_the_task_through_the_scheduler_command(project):
+    script = project.write("fake_srun", FAKE_SCHEDULER.format(python=sys.executable))
+    script.chmod(0o755)
+    project.write("cpbuild.toml", f'[prefixes]\ngpu = "{script}"\n')
+    project.write(
+        "task_remote.py",
+        """
+        import os
+        from cpbuild import task
+        from ranlog import ran
+
+        @task(queue="gpu")
+        def task_remote() -> str:
+            ran("remote")
+            print("in a session of its own:", os.getsid(0) == os.getpid())
+            return os.environ.get("FAKE_JOB_ID", "no job id")
+
+        def task_local(remote: str) -> str:
+            ran("local")
+            return "got " + remote
+        """,
+    )
+    project.write(
+        "task_check.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+
+        def task_check(local: str, out: Annotated[Path, Product] = Path("out.txt")) -> None:
+            out.write_text(local)
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 0, result
+    assert result.ran == {"remote", "local"}
+    assert project.read("out.txt") == "got 4242"
+    log = project.run("--log", "remote")
+    assert "in a session of its own: True" in log.stdout
+    assert project.run().ran == set()
+
+
+def test_job_prefix_option_on_the_task(project):
+    script = project.write("fake_srun", FAKE_SCHEDULER.format(python=sys.executable))
+    script.chmod(0o755)
+    project.write(
+        "task_remote.py",
+        f"""
+        import os
+        from cpbuild import task
+
+        @task(job_prefix=["{script}"])
+        def task_remote() -> str:
+            return os.environ.get("FAKE_JOB_ID", "no job id")
+
+        def task_show(remote: str) -> None:
+            print("remote said", remote)
+        """,
+    )
+    result = project.run("-s")
+    assert result.exit_code == 0, result
+    assert "remote said 4242" in result.stdout
+
+
+def test_failing_prefix_command_is_reported_with_its_output(project):
+    project.write(
+        "task_bad.py",
+        """
+        from cpbuild import task
+
+        @task(job_prefix=["sh", "-c", "echo 'no such partition' >&2; exit 3", "--"])
+        def task_bad() -> int:
+            return 1
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 1
+    assert "exit status 3" in result.stdout
+    assert "no such partition" in result.stdout
+
+
+@pytest.mark.parametrize("executor", ["process", "prefix"])
+def test_timeout_kills_the_task_and_its_children(project, executor):
+    pid_file = project.path / "child.pid"
+    project.write(
+        "task_slow.py",
+        f"""
+        import subprocess
+        import time
+        from cpbuild import task
+
+        @task(timeout=1, executor="{executor}", job_prefix=[])
+        def task_slow() -> None:
+            child = subprocess.Popen(["sleep", "60"])
+            open({str(pid_file)!r}, "w").write(str(child.pid))
+            time.sleep(60)
+        """,
+    )
+    start = time.monotonic()
+    result = project.run("-j2")
+    assert time.monotonic() - start < 30
+    assert result.exit_code == 1, result
+    assert "timed out after 1s" in result.stdout
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child), "the task's child process survived the timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_retries_rerun_a_failing_task_and_keep_every_attempts_log(project):
+    project.write(
+        "task_flaky.py",
+        """
+        from pathlib import Path
+        from cpbuild import task
+        from ranlog import ran
+
+        @task(retries=2)
+        def task_flaky() -> str:
+            ran("flaky")
+            counter = Path("attempts.txt")
+            n = int(counter.read_text()) + 1 if counter.exists() else 1
+            counter.write_text(str(n))
+            print(f"attempt {n}")
+            if n < 3:
+                raise RuntimeError(f"flaky failure {n}")
+            return "ok"
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 0, result
+    assert result.ran_list == ["flaky", "flaky", "flaky"]
+    assert "retrying" in result.stderr
+    log = project.run("--log", "flaky").stdout
+    assert "attempt 1: failed" in log and "flaky failure 1" in log
+    assert "attempt 2: failed" in log and "attempt 3: ok" in log
+
+
+def test_retries_exhausted_fail_with_a_clear_message(project):
+    project.write(
+        "task_bad.py",
+        """
+        from cpbuild import task
+
+        @task(retries=1)
+        def task_bad() -> None:
+            raise ValueError("always")
+        """,
+    )
+    result = project.run()
+    assert result.exit_code == 1
+    assert "ValueError: always" in result.stdout
+    assert "failed 2 attempts" in result.stdout
+
+
+@pytest.mark.parametrize("how", ["os._exit(3)", "os.kill(os.getpid(), signal.SIGSEGV)"])
+def test_a_dying_worker_fails_its_task_and_the_build_goes_on(project, how):
+    project.write(
+        "task_crash.py",
+        f"""
+        import os
+        import signal
+        from ranlog import ran
+
+        def task_crash() -> None:
+            {how}
+
+        def task_fine() -> int:
+            ran("fine")
+            return 1
+
+        def task_after(fine: int) -> int:
+            ran("after")
+            return fine + 1
+        """,
+    )
+    result = project.run("-j2", "--executor", "process", "--keep-going", timeout=60)
+    assert result.exit_code == 1, result
+    assert "worker process running task_crash.py::crash died" in result.stdout
+    expected = "exit status 3" if "_exit" in how else "SIGSEGV"
+    assert expected in result.stdout
+    assert result.ran == {"fine", "after"}
+
+
+def test_sigint_leaves_no_partial_product_and_the_next_build_finishes_the_rest(project):
+    gate = project.path / "gate"
+    project.write(
+        "task_wait.py",
+        f"""
+        import time
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+        from ranlog import ran
+
+        def task_quick(out: Annotated[Path, Product] = Path("quick.txt")) -> None:
+            ran("quick")
+            out.write_text("done")
+
+        def task_waits(quick: None, out: Annotated[Path, Product] = Path("partial.txt")) -> None:
+            ran("waits")
+            out.write_text("half written")
+            while not Path({str(gate)!r}).exists():
+                time.sleep(0.02)
+            out.write_text("complete")
+        """,
+    )
+    for executor in ("inline", "process"):
+        process = subprocess.Popen(
+            project.command("--executor", executor, "-j2"),
+            cwd=project.path,
+            env=project.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        partial = project.path / "partial.txt"
+        deadline = time.monotonic() + 30
+        while not partial.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert partial.exists(), "the waiting task never started"
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        assert process.returncode == 2, (stdout, stderr)
+        assert not partial.exists(), f"{executor}: the interrupted task's product was left behind"
+        assert (project.path / "quick.txt").read_text() == "done"
+    gate.write_text("open")
+    result = project.run()
+    assert result.exit_code == 0, result
+    assert result.ran == {"waits"}
+    assert project.read("partial.txt") == "complete"
+
+
+def test_process_executor_ships_project_code_by_value(project, tmp_path):
+    project.write("helpers.py", "def double(x):\n    return 2 * x\n")
+    project.write(
+        "task_calc.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+        from helpers import double
+
+        def task_numbers() -> list[int]:
+            return list(range(5))
+
+        def task_doubled(numbers: list[int]) -> list[int]:
+            return [double(n) for n in numbers]
+
+        def task_write(doubled: list[int], out: Annotated[Path, Product] = Path("out.txt")) -> None:
+            out.write_text(" ".join(map(str, doubled)))
+        """,
+    )
+    result = project.run("-j2", "--executor", "process", "--json-report", "report.json")
+    assert result.exit_code == 0, result
+    assert project.read("out.txt") == "0 2 4 6 8"
+    import json
+
+    report = json.loads(project.read("report.json"))
+    workers = {t["worker"] for t in report["tasks"]}
+    assert all(str(os.getpid()) not in w for w in workers)
+    assert {t["executor"] for t in report["tasks"]} == {"process"}
+
+
+def test_fd_level_output_of_child_processes_is_captured_by_the_process_executor(project):
+    project.write(
+        "task_shell.py",
+        """
+        import subprocess
+
+        def task_shell() -> None:
+            subprocess.run(["sh", "-c", "echo from-a-child-process"], check=True)
+            raise RuntimeError("fail to show the output")
+        """,
+    )
+    result = project.run("-j2", "--executor", "process")
+    assert result.exit_code == 1
+    assert "from-a-child-process" in result.stdout.split("captured stdout")[1]
+
+
+def test_large_values_do_not_pass_through_the_main_process(project):
+    project.write(
+        "task_big.py",
+        """
+        def task_big() -> bytes:
+            return b"x" * 5_000_000
+
+        def task_size(big: bytes) -> int:
+            return len(big)
+
+        def task_show(size: int) -> None:
+            print("size", size)
+        """,
+    )
+    result = project.run("-j2", "--executor", "process", "-s")
+    assert result.exit_code == 0, result
+    assert "size 5000000" in result.stdout
+    objects = list((project.path / ".cpbuild" / "objects").rglob("*"))
+    assert any(p.is_file() and p.stat().st_size >= 5_000_000 for p in objects)
+
+
+def test_log_of_a_task_that_never_ran(project):
+    sleepers(project, 1, 0)
+    result = project.run("--log", "s0")
+    assert result.exit_code == 4
+    assert "has no log yet" in result.stderr
+    assert Path(project.path).exists()
