@@ -2,11 +2,16 @@
 
 Execution never prints; this plugin turns build events into lines. Verbosity follows pytest:
 ``-q`` shows failures and the summary, the default adds one line per task that ran, ``-v``
-adds up-to-date tasks and the configuration header.
+adds up-to-date tasks, task starts and the configuration header.
+
+On a terminal (and not under ``CI=true``) a live display shows a progress bar, the running
+tasks and an ETA while tasks run (``cpbuild.live``, imported only then); elsewhere output is
+one plain line per event, which logs and CI systems keep readable.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -18,21 +23,62 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
+def _stdout() -> Any:
+    return getattr(sys.stdout, "original", sys.stdout)  # past per-task capture
+
+
 class TerminalReporter:
     def __init__(self) -> None:
-        self.stream = sys.stdout
+        self.live: Any = None
+        self.total = 0
+        self.done = 0
 
     def _write(self, text: str) -> None:
-        stream = getattr(sys.stdout, "original", sys.stdout)  # past per-task capture
+        if self.live is not None:
+            self.live.console.print(text, markup=False, highlight=False)
+            return
+        stream = _stdout()
         stream.write(text + "\n")
         stream.flush()
+
+    def _want_live(self, session: Any) -> bool:
+        stream = _stdout()
+        return (
+            session.mode == "build"
+            and self._verbosity(session) >= 0
+            and os.environ.get("CI", "").lower() not in ("true", "1")
+            and os.environ.get("TERM") != "dumb"
+            and hasattr(stream, "isatty")
+            and stream.isatty()
+        )
 
     @staticmethod
     def _verbosity(session: Any) -> int:
         return getattr(session.options, "verbose", 0) - getattr(session.options, "quiet", 0)
 
     @hookimpl
+    def cpbuild_task_start(self, session: Any, task: Any) -> None:
+        if self.live is None and self._want_live(session):
+            self._start_live(session)
+        if self.live is not None:
+            self.live.start_task(task.id, task.name)
+        elif session.mode == "build" and self._verbosity(session) > 0:
+            self._write(f"start       {task.name}")
+
+    def _start_live(self, session: Any) -> None:
+        """Start the display at the first task that actually runs: a no-op never shows it."""
+        from cpbuild.live import LiveDisplay
+
+        latest = session.state.latest if session.state else {}
+        pending = {i: (latest[i].duration if i in latest else 0.0) for i in self.pending}
+        self.live = LiveDisplay(_stdout(), self.total, pending, session.config.jobs)
+        for _ in range(self.done):
+            self.live.progress.advance(self.live.bar)
+
+    @hookimpl
     def cpbuild_build_start(self, session: Any, tasks: list[Any]) -> None:
+        self.total, self.done, self.live = len(tasks), 0, None
+        self.pending = {t.id for t in tasks}
         if session.mode == "build" and self._verbosity(session) > 0:
             config = session.config
             self._write(
@@ -42,29 +88,40 @@ class TerminalReporter:
 
     @hookimpl
     def cpbuild_task_finish(self, session: Any, task: Any, report: TaskReport) -> None:
+        self.done += 1
+        self.pending.discard(task.id)
+        line = self._task_line(session, task, report)
+        if self.live is not None:
+            self.live.finish_task(task.id, line)
+        elif line:
+            self._write(line)
+
+    def _task_line(self, session: Any, task: Any, report: TaskReport) -> str | None:
         verbosity = self._verbosity(session)
         if session.mode == "dry-run":
             if report.outcome == WOULD_RUN:
-                self._write(f"would run   {task.name}: {'; '.join(report.reasons)}")
-            elif report.outcome == UP_TO_DATE:
-                self._write(f"up to date  {task.name}")
-            else:
-                self._write(f"{report.outcome:<11} {task.name}: {'; '.join(report.reasons)}")
-            return
+                return f"would run   {task.name}: {'; '.join(report.reasons)}"
+            if report.outcome == UP_TO_DATE:
+                return f"up to date  {task.name}"
+            return f"{report.outcome:<11} {task.name}: {'; '.join(report.reasons)}"
         if session.mode != "build":
-            return
+            return None
         if report.outcome == RAN and verbosity >= 0:
             why = f"  [{'; '.join(report.reasons)}]" if verbosity > 0 else ""
-            self._write(f"ran         {task.name} ({report.duration:.2f}s){why}")
-        elif report.outcome == FAILED:
-            self._write(f"FAILED      {task.name}")
-        elif report.outcome == SKIPPED and verbosity >= 0:
-            self._write(f"skipped     {task.name} ({'; '.join(report.reasons)})")
-        elif report.outcome == UP_TO_DATE and verbosity > 0:
-            self._write(f"up to date  {task.name}")
+            return f"ran         {task.name} ({report.duration:.2f}s){why}"
+        if report.outcome == FAILED:
+            return f"FAILED      {task.name}"
+        if report.outcome == SKIPPED and verbosity >= 0:
+            return f"skipped     {task.name} ({'; '.join(report.reasons)})"
+        if report.outcome == UP_TO_DATE and verbosity > 0:
+            return f"up to date  {task.name}"
+        return None
 
     @hookimpl
     def cpbuild_build_finish(self, session: Any, summary: BuildSummary) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
         if session.mode not in ("build", "dry-run"):
             return
         failed = [r for r in summary.reports if r.outcome == FAILED]
@@ -102,7 +159,12 @@ class TerminalReporter:
             n = summary.count(outcome)
             if n:
                 parts.append(f"{n} {label}")
-        return f"cpbuild: {', '.join(parts) or 'nothing to do'} in {took}"
+        line = f"cpbuild: {', '.join(parts) or 'nothing to do'} in {took}"
+        ran = sorted((r for r in summary.reports if r.outcome in (RAN, FAILED)), key=lambda r: -r.duration)
+        if len(ran) > 1 and ran[0].duration >= 0.1:
+            slowest = ", ".join(f"{r.task.name} {r.duration:.2f}s" for r in ran[:3])
+            line += f"; slowest: {slowest}"
+        return line
 
     @hookimpl
     def cpbuild_report_message(self, session: Any, message: str, level: str) -> None:
