@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cpbuild.errors import CollectionError, CpbuildError, ExitCode, UsageError
+from cpbuild.errors import CollectionError, ConfigError, CpbuildError, ExitCode, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,13 +122,21 @@ def _main(argv: list[str]) -> ExitCode:
     from cpbuild.plugins import make_plugin_manager
 
     requested, directory = _early(argv)
-    if "--version" in argv:
-        return _version(make_plugin_manager(requested))
     if not directory.is_dir():
         raise UsageError(f"-C {directory}: no such directory")
-    root, source, table = read_config(directory)
+    try:
+        root, source, table = read_config(directory)
+    except ConfigError:
+        if "--version" not in argv:
+            raise
+        root, source, table = directory.resolve(), None, {}
+    for folder in (root / "src", root):  # DESIGN §3 rule 3: the project root is importable
+        if folder.is_dir() and str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     config_plugins = table.get("plugins", [])
     pm = make_plugin_manager(requested, config_plugins if isinstance(config_plugins, list) else [])
+    if "--version" in argv:
+        return _version(pm)
     parser = build_parser()
     pm.hook.cpbuild_addoption(parser=parser)
     options = parser.parse_args(argv)

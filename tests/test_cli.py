@@ -359,11 +359,6 @@ PLUGIN_IMPORT_BUG = (
 )
 
 
-@pytest.mark.xfail(
-    reason="--version builds its plugin manager before reading the config, so config plugins "
-    "are not listed",
-    strict=True,
-)
 def test_version_lists_plugins_named_in_the_config(project):
     project.write("myplugin.py", KEY_EXTRA_PLUGIN)
     project.write("cpbuild.toml", 'plugins = ["myplugin"]\n')
@@ -372,7 +367,6 @@ def test_version_lists_plugins_named_in_the_config(project):
     assert "  myplugin: 2.5" in result.stdout.splitlines()
 
 
-@pytest.mark.xfail(reason=PLUGIN_IMPORT_BUG, strict=True)
 def test_config_plugin_in_the_project_root_loads_with_dash_C(project):
     make_pipeline(project)
     project.write("myplugin.py", KEY_EXTRA_PLUGIN)
@@ -483,7 +477,6 @@ def test_console_script_builds(project, console_script):
     assert project.run().ran == set()
 
 
-@pytest.mark.xfail(reason=PLUGIN_IMPORT_BUG, strict=True)
 def test_console_script_loads_a_config_plugin_from_the_project_root(project, console_script):
     make_pipeline(project)
     project.write("myplugin.py", KEY_EXTRA_PLUGIN)
