@@ -284,11 +284,11 @@ def _print_key_parts(session: Any, task: Any, describe_item: Any) -> None:
         print(f"    {kind:<9} {describe_item(kind, name)}: {shown}")
     for name, value in sorted(session.graph.args[task.id].items()):
         print(f"    argument  {name} = {value!r}")
-    for path in task.inputs:
+    for path in task.input_files:
         print(f"    input     {session.graph.rel(path)}")
     for name, up in sorted(session.graph.value_deps[task.id].items()):
         print(f"    value     {name} <- {up}")
-    for path in task.products:
+    for path in task.product_files:
         print(f"    product   {session.graph.rel(path)}")
     if any(k.startswith("object ") for k in code):
         print("  (objects are tracked by type only: their state is not part of the key)")
@@ -309,9 +309,9 @@ def _clean(session: Any, targets: list[str]) -> ExitCode:
     removed = 0
     graph = session.graph
     for task_id in targets:
-        for path in graph.tasks[task_id].products:
-            if path.is_file():
-                path.unlink()
+        for path in graph.tasks[task_id].product_files:
+            if os.path.isfile(path):
+                os.unlink(path)
                 removed += 1
                 print(f"removed {graph.rel(path)}")
     session.open_state().forget(targets)

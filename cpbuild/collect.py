@@ -26,8 +26,7 @@ from typing import Any
 from cpbuild.api import DECLARATIONS, MARKERS, Declaration, Mark, Needs, Product, TaskOptions
 from cpbuild.errors import CollectionError
 from cpbuild.hookspecs import hookimpl
-from cpbuild.model import Param, ParamKind, Task, is_path_structure, map_paths
-from cpbuild.tracebacks import format_user_traceback
+from cpbuild.model import Param, ParamKind, Task, is_path_structure, leaves, map_paths
 
 #: Folders never searched for task files: version control, caches, virtual environments.
 IGNORED_DIRS = frozenset(
@@ -114,6 +113,8 @@ def describe_import_error(path: Path, root: Path, error: BaseException) -> str:
             caret = "\n    " + " " * (error.offset - 1 - (len(line) - len(line.lstrip()))) + "^"
         shown = f"\n    {line.strip()}{caret}" if line else ""
         return f"{where}: SyntaxError: {error.msg}{shown}"
+    from cpbuild.tracebacks import format_user_traceback
+
     return f"{rel}: error while importing the task file:\n{format_user_traceback(error)}".rstrip()
 
 
@@ -169,6 +170,7 @@ def tasks_from_module(module: types.ModuleType, path: Path, root: Path) -> list[
     tasks: list[Task] = []
     errors: list[str] = []
     used_ids: dict[str, int] = {}
+    signatures: dict[Any, Any] = {}
     for declaration in declarations:
         base = _base_name(declaration)
         options = declaration.options
@@ -179,7 +181,7 @@ def tasks_from_module(module: types.ModuleType, path: Path, root: Path) -> list[
         name = f"{base}[{param_id}]" if param_id is not None else base
         task_id = f"{rel}::{name}"
         try:
-            tasks.append(_make_task(declaration, task_id, name, base, path))
+            tasks.append(_make_task(declaration, task_id, name, base, path, signatures))
         except CollectionError as error:
             errors.extend(error.errors)
     if errors:
@@ -220,49 +222,69 @@ def _annotation_metadata(function: Callable[..., Any], name: str) -> tuple[Any, 
     return ()
 
 
-def _signature(function: Callable[..., Any]) -> list[tuple[str, bool, Any]]:
-    """(name, has_default, default) for each parameter, read from the code object because
-    ``inspect.signature`` costs more than the rest of collecting a task."""
+#: Per code object: (name, is product, Needs target or None, default index or None) for each
+#: parameter. A loop that declares 2,000 tasks defines one code object, analysed once.
+_Signature = tuple[tuple[str, bool, str | None, int | None, bool], ...]
+
+
+def _signature(function: types.FunctionType, cache: dict[Any, _Signature]) -> _Signature:
+    """Parameters read from the code object, because ``inspect.signature`` costs more than the
+    rest of collecting a task. Defaults are looked up per function object by the caller."""
     code = function.__code__
+    cached = cache.get(code)
+    if cached is not None:
+        return cached
     positional = code.co_varnames[: code.co_argcount]
     keyword_only = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
-    defaults = function.__defaults__ or ()
-    kwdefaults = function.__kwdefaults__ or {}
+    offset = len(positional) - len(function.__defaults__ or ())
     result = []
-    offset = len(positional) - len(defaults)
-    for i, name in enumerate(positional):
-        if i >= offset:
-            result.append((name, True, defaults[i - offset]))
-        else:
-            result.append((name, False, None))
-    for name in keyword_only:
-        result.append((name, name in kwdefaults, kwdefaults.get(name)))
-    return result
+    for i, name in enumerate((*positional, *keyword_only)):
+        metadata = _annotation_metadata(function, name)
+        is_product = name == "produces" or any(m is Product for m in metadata)
+        needs = next((m.target for m in metadata if isinstance(m, Needs)), None)
+        positional_default = i - offset if offset <= i < len(positional) else None
+        result.append((name, is_product, needs, positional_default, i >= len(positional)))
+    cache[code] = signature = tuple(result)
+    return signature
 
 
-def _make_task(declaration: Declaration, task_id: str, name: str, base: str, path: Path) -> Task:
+def _make_task(
+    declaration: Declaration, task_id: str, name: str, base: str, path: Path, cache: dict[Any, Any]
+) -> Task:
     function = declaration.function
     options = declaration.options
-    folder = path.parent
     if not isinstance(function, types.FunctionType):
         raise CollectionError(f"{task_id}: a task must be a plain function, not {type(function).__name__}")
+    folder = str(path.parent) + os.sep
+    normpath, fspath = os.path.normpath, os.fspath
 
-    def absolute(p: Path) -> Path:
-        return Path(os.path.normpath(folder / p))
+    def absolute(p: Path) -> str:
+        text = fspath(p)
+        if text[:1] == os.sep:
+            return normpath(text)
+        if text[:1] == "." or "/." in text or "//" in text or text[-1:] == os.sep:
+            return normpath(folder + text)
+        return folder + text  # already normal: skip normpath, the common case
 
-    names = {n for n, _, _ in _signature(function)}
-    unknown = sorted(set(options.kwargs) - names)
-    if unknown:
-        raise CollectionError(
-            f"{task_id}: @task(kwargs=...) names {', '.join(map(repr, unknown))}, which "
-            f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
-            f"{function.__name__}({', '.join(sorted(names))})"
-        )
+    signature = _signature(function, cache)
+    if options.kwargs:
+        names = {entry[0] for entry in signature}
+        unknown = sorted(set(options.kwargs) - names)
+        if unknown:
+            raise CollectionError(
+                f"{task_id}: @task(kwargs=...) names {', '.join(map(repr, unknown))}, which "
+                f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
+                f"{function.__name__}({', '.join(sorted(names))})"
+            )
+    defaults = function.__defaults__ or ()
+    kwdefaults = function.__kwdefaults__ or {}
     params: list[Param] = []
-    for pname, has_default, default in _signature(function):
-        metadata = _annotation_metadata(function, pname)
-        is_product = pname == "produces" or any(m is Product for m in metadata)
-        needs = next((m for m in metadata if isinstance(m, Needs)), None)
+    for pname, is_product, needs, default_index, keyword_only in signature:
+        if keyword_only:
+            has_default, default = pname in kwdefaults, kwdefaults.get(pname)
+        else:
+            has_default = default_index is not None
+            default = defaults[default_index] if default_index is not None else None
         if pname in options.kwargs:
             value = options.kwargs[pname]
             if is_product or is_path_structure(value):
@@ -283,7 +305,7 @@ def _make_task(declaration: Declaration, task_id: str, name: str, base: str, pat
         elif has_default and is_path_structure(default):
             params.append(Param(pname, ParamKind.INPUT, map_paths(default, absolute)))
         elif needs is not None:
-            params.append(Param(pname, ParamKind.VALUE, needs.target))
+            params.append(Param(pname, ParamKind.VALUE, needs))
         else:
             params.append(Param(pname, ParamKind.NAME, default, has_default))
     markers = [*getattr(function, MARKERS, ()), *(Mark(m) for m in options.markers)]
@@ -296,7 +318,9 @@ def _make_task(declaration: Declaration, task_id: str, name: str, base: str, pat
         params=tuple(params),
         options=options,
         markers=frozenset(m.name for m in markers),
-        skip_reason=_skip_reason(markers),
+        skip_reason=_skip_reason(markers) if markers else None,
+        input_files=tuple(f for p in params if p.kind is ParamKind.INPUT for f in leaves(p.value)),
+        product_files=tuple(f for p in params if p.kind is ParamKind.PRODUCT for f in leaves(p.value)),
     )
 
 

@@ -174,6 +174,7 @@ class CodeTracker:
         self._files: dict[str, _SourceFile | None] = {}
         self._analyses: dict[Any, _Analysis | None] = {}
         self._items: dict[int, dict[str, str]] = {}
+        self._task_codes: dict[Any, tuple[dict[str, str], str]] = {}
         self._in_progress: set[int] = set()
         self._project_file: dict[str, str | None] = {}
         self._library_versions: dict[str, str] = {}
@@ -183,7 +184,22 @@ class CodeTracker:
 
     def code_items(self, function: Callable[..., Any]) -> dict[str, str]:
         """All code items a task function reaches, by readable name."""
-        return dict(self._function_items(function))
+        return dict(self.task_code(function)[0])
+
+    def task_code(self, function: Callable[..., Any]) -> tuple[dict[str, str], str]:
+        """(code items, their digest) of a task function; shared by every function made from
+        the same code in the same module without a closure (a loop declaring many tasks).
+        The returned dict must not be modified."""
+        code = getattr(function, "__code__", None)
+        cacheable = code is not None and not function.__closure__
+        key = (code, id(function.__globals__)) if cacheable else None
+        cached = self._task_codes.get(key) if key else None
+        if cached is None:
+            items = dict(self._function_items(function))
+            cached = (items, code_digest(items))
+            if key:
+                self._task_codes[key] = cached
+        return cached
 
     # -- project membership ------------------------------------------------------------------
 

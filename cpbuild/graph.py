@@ -23,11 +23,12 @@ class Graph:
 
     def __init__(self, tasks: Iterable[Task], root: Path) -> None:
         self.root = root
+        self._root_prefix = str(root) + os.sep
         self.tasks: dict[str, Task] = {}
         self.by_name: dict[str, list[str]] = {}
         self.by_base: dict[str, list[str]] = {}
         self.by_file: dict[Path, list[str]] = {}
-        self.producers: dict[Path, str] = {}
+        self.producers: dict[str, str] = {}  # absolute path -> task id
         self.value_deps: dict[str, dict[str, str]] = {}
         self.args: dict[str, dict[str, Any]] = {}
         self.upstream: dict[str, list[str]] = {}
@@ -43,7 +44,7 @@ class Graph:
             self.by_name.setdefault(task.name, []).append(task.id)
             self.by_base.setdefault(task.base_name, []).append(task.id)
             self.by_file.setdefault(task.path, []).append(task.id)
-            for product in task.products:
+            for product in task.product_files:
                 other = self.producers.setdefault(product, task.id)
                 if other != task.id:
                     errors.append(
@@ -56,8 +57,11 @@ class Graph:
         if errors:
             raise CollectionError(errors[0], errors)
 
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix() if path.is_relative_to(self.root) else str(path)
+    def rel(self, path: str | Path) -> str:
+        """A path relative to the project root (as users write it), else absolute."""
+        text = os.fspath(path)
+        prefix = self._root_prefix
+        return text[len(prefix) :].replace(os.sep, "/") if text.startswith(prefix) else text
 
     # -- resolution --------------------------------------------------------------------------
 
@@ -119,7 +123,7 @@ class Graph:
                         "argument with a default"
                     )
                     errors.append(f"{task.id}: parameter '{param.name}' {what}{hint}")
-        for path in task.inputs:
+        for path in task.input_files:
             producer = self.producers.get(path)
             if producer is not None:
                 add_edge(producer)
@@ -163,12 +167,12 @@ class Graph:
                 )
             return ids
         for base in (cwd, self.root):
-            path = Path(os.path.normpath(base / text))
+            path = os.path.normpath(os.path.join(base, text))
             if path in self.producers:
                 return [self.producers[path]]
-            if path in self.by_file:
-                return list(self.by_file[path])
-            if path.is_dir():
+            if Path(path) in self.by_file:
+                return list(self.by_file[Path(path)])
+            if os.path.isdir(path):
                 inside = [i for i, t in self.tasks.items() if t.path.is_relative_to(path)]
                 if inside:
                     return inside
@@ -212,7 +216,7 @@ class Graph:
         """Inputs of the selected tasks that neither exist nor are produced by a task."""
         errors = []
         for task_id in ids:
-            for path in self.tasks[task_id].inputs:
+            for path in self.tasks[task_id].input_files:
                 if path not in self.producers and not os.path.exists(path):
                     errors.append(
                         f"{task_id}: input {self.rel(path)} does not exist and no task produces it"

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cpbuild.api import TaskOptions
 
@@ -25,9 +25,9 @@ class ParamKind(enum.Enum):
     NAME = "name"  # named like a task, or a plain argument with a default: resolved by the graph
 
 
-@dataclass(frozen=True)
-class Param:
-    """One parameter of a task function and what it is bound to."""
+class Param(NamedTuple):
+    """One parameter of a task function and what it is bound to (a tuple: thousands are made
+    per collection, and a frozen dataclass costs three times as much to build)."""
 
     name: str
     kind: ParamKind
@@ -37,7 +37,13 @@ class Param:
 
 @dataclass(frozen=True, eq=False)
 class Task:
-    """One node of the graph: a function plus its arguments."""
+    """One node of the graph: a function plus its arguments.
+
+    File paths are kept as absolute, normalized strings (``input_files``, ``product_files`` and
+    the path structures in ``params``): building ``Path`` objects for thousands of tasks costs
+    more than the rest of deciding that they are up to date. ``inputs`` and ``products`` give
+    ``Path`` objects for code outside the hot path.
+    """
 
     id: str  # "path/relative/task_x.py::name[param]"
     name: str  # "name[param]"
@@ -48,16 +54,16 @@ class Task:
     options: TaskOptions
     markers: frozenset[str] = frozenset()
     skip_reason: str | None = None  # from @mark.skip / @mark.skipif
+    input_files: tuple[str, ...] = ()
+    product_files: tuple[str, ...] = ()
 
     @cached_property
     def inputs(self) -> tuple[Path, ...]:
-        return tuple(p for param in self.params if param.kind is ParamKind.INPUT for p in iter_paths(param.value))
+        return tuple(map(Path, self.input_files))
 
     @cached_property
     def products(self) -> tuple[Path, ...]:
-        return tuple(
-            p for param in self.params if param.kind is ParamKind.PRODUCT for p in iter_paths(param.value)
-        )
+        return tuple(map(Path, self.product_files))
 
     def __hash__(self) -> int:
         return hash(self.id)
@@ -74,26 +80,22 @@ def is_path_structure(value: Any) -> bool:
     return False
 
 
-def map_paths(value: Any, function: Callable[[Path], Path]) -> Any:
-    """Apply ``function`` to every Path in a path structure, keeping its shape."""
-    if isinstance(value, Path):
-        return function(value)
+def map_paths(value: Any, function: Callable[[Any], Any]) -> Any:
+    """Apply ``function`` to every leaf of a path structure, keeping its shape."""
     if isinstance(value, list | tuple):
         return type(value)(map_paths(v, function) for v in value)
     if isinstance(value, dict):
         return {k: map_paths(v, function) for k, v in value.items()}
-    return value
+    return function(value)
 
 
-def iter_paths(value: Any) -> Iterator[Path]:
-    if isinstance(value, Path):
-        yield value
-    elif isinstance(value, list | tuple):
+def leaves(value: Any) -> Iterator[Any]:
+    """The leaves (paths) of a path structure."""
+    if isinstance(value, list | tuple):
         for v in value:
-            yield from iter_paths(v)
+            yield from leaves(v)
     elif isinstance(value, dict):
         for v in value.values():
-            yield from iter_paths(v)
-
-
-
+            yield from leaves(v)
+    else:
+        yield value

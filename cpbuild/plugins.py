@@ -22,10 +22,10 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "cloudpickle": "cpbuild.serialize",
     "local": "cpbuild.storage.local",
     "memory": "cpbuild.storage.memory",
-    "inline": "cpbuild.executors.inline",
-    "thread": "cpbuild.executors.thread",
-    "process": "cpbuild.executors.process",
-    "prefix": "cpbuild.executors.prefix",
+    "inline": "cpbuild.executors:INLINE",
+    "thread": "cpbuild.executors:THREAD",
+    "process": "cpbuild.executors:PROCESS",
+    "prefix": "cpbuild.executors:PREFIX",
     "terminal": "cpbuild.report:TerminalReporter",
 }
 

@@ -104,14 +104,12 @@ class Rebuilder:
         self.serializer = serializer
         self.hasher = hasher
         self.extras = extras  # hook caller for cpbuild_key_extras
-        self._code_digests: dict[int, dict[str, str]] = {}
+        self._root_prefix = str(root) + os.sep
+        self._has_extras = bool(extras.get_hookimpls())
 
-    def rel(self, path: Path | str) -> str:
-        text = str(path)
-        root = str(self.root)
-        if text.startswith(root + os.sep):
-            return text[len(root) + 1 :].replace(os.sep, "/")
-        return text
+    def rel(self, path: str) -> str:
+        prefix = self._root_prefix
+        return path[len(prefix) :].replace(os.sep, "/") if path.startswith(prefix) else path
 
     # -- parts ------------------------------------------------------------------------------
 
@@ -121,24 +119,27 @@ class Rebuilder:
         """The key parts of ``task`` and the problems that prevent computing them."""
         problems: list[str] = []
         inputs: dict[str, str] = {}
-        for path in task.inputs:
-            digest = self.files.digest(str(path))
-            rel = self.rel(path)
+        digest_of, rel = self.files.digest, self.rel
+        for path in task.input_files:
+            digest = digest_of(path)
             if digest is None:
-                problems.append(f"input {rel} does not exist")
+                problems.append(f"input {rel(path)} does not exist")
             else:
-                inputs[rel] = digest
+                inputs[rel(path)] = digest
         extras: dict[str, str] = {}
-        for result in self.extras(task=task):
-            if result:
-                extras.update({str(k): str(v) for k, v in result.items()})
+        if self._has_extras:
+            for result in self.extras(task=task):
+                if result:
+                    extras.update({str(k): str(v) for k, v in result.items()})
+        code, code_digest = self.code.task_code(task.function)
         parts = {
             "python": PYTHON_VERSION,
-            "code": self.code.code_items(task.function),
-            "args": {name: self._argument(value) for name, value in args.items()},
+            "code": code,
+            "code_digest": code_digest,
+            "args": {name: self._argument(value) for name, value in args.items()} if args else {},
             "inputs": inputs,
             "upstream": {name: [up, digest] for name, (up, digest) in upstream.items()},
-            "products": sorted(self.rel(p) for p in task.products),
+            "products": sorted(map(rel, task.product_files)),
             "extras": extras,
         }
         return parts, problems
@@ -154,8 +155,8 @@ class Rebuilder:
 
     @staticmethod
     def key(parts: dict[str, Any]) -> str:
-        lines = [f"python={parts['python']}"]
-        for section in ("code", "args", "inputs", "upstream", "extras"):
+        lines = [f"python={parts['python']}", f"code={parts['code_digest']}"]
+        for section in ("args", "inputs", "upstream", "extras"):
             for name, value in sorted(parts[section].items()):
                 token = value[0] if section == "args" else value
                 lines.append(f"{section}:{name}={token}")
@@ -195,7 +196,7 @@ class Rebuilder:
     def _record_problems(self, record: Record, needs_value: bool, storage: Any) -> list[str]:
         problems = []
         for rel, digest in record.products.items():
-            path = rel if os.path.isabs(rel) else str(self.root / rel)
+            path = rel if rel.startswith("/") else self._root_prefix + rel
             current = self.files.digest(path)
             if current is None:
                 problems.append(f"product {rel} is missing")

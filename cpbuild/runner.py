@@ -10,17 +10,13 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-
-from cpbuild.tracebacks import format_user_traceback
 
 
 @dataclass
@@ -145,6 +141,8 @@ def _fd_captured(enabled: bool) -> Iterator[tuple[io.StringIO, io.StringIO]]:
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    import tempfile
+
     files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
     saved = [os.dup(1), os.dup(2)]
     os.dup2(files[0].fileno(), 1)
@@ -167,7 +165,7 @@ def _fd_captured(enabled: bool) -> Iterator[tuple[io.StringIO, io.StringIO]]:
 def run_job(job: Job, fd_capture: bool = False) -> Outcome:
     """Run ``job`` and describe what happened. Ctrl-C propagates: it is not the task's failure."""
     start = time.perf_counter()
-    result = Outcome(False, worker=f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}")
+    result = Outcome(False, worker=f"{os.uname().nodename}:{os.getpid()}:{threading.current_thread().name}")
     capture = _fd_captured if fd_capture else _captured
     value: Any = None
     with capture(job.capture) as (out, err):
@@ -179,6 +177,8 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
         except MissingValue as error:
             result.error = str(error)
         except (Exception, SystemExit) as error:
+            from cpbuild.tracebacks import format_user_traceback
+
             result.error = format_user_traceback(error)
     result.stdout, result.stderr = out.getvalue(), err.getvalue()
     result.duration = time.perf_counter() - start

@@ -15,16 +15,18 @@ from __future__ import annotations
 import heapq
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpbuild.errors import ExitCode
-from cpbuild.model import Task
+from cpbuild.model import Task, map_paths
 from cpbuild.rebuilder import Decision
 from cpbuild.runner import Job, Outcome
 from cpbuild.state import Record
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 RAN = "ran"
 UP_TO_DATE = "up-to-date"
@@ -98,7 +100,7 @@ class Scheduler:
         self._attempts: dict[str, int] = {}
         self._logs: dict[str, list[str]] = {}
         self._stopping = False
-        self._submitting: tuple[Task, dict[Path, Any]] | None = None
+        self._submitting: tuple[Task, dict[str, Any]] | None = None
         limits = dict(session.config.queues)
         self.queue_limits: dict[str, int] = limits
         self.queue_running: dict[str, int] = {}
@@ -115,7 +117,7 @@ class Scheduler:
         order = self.graph.order
         ready = [(order[i], i) for i, n in pending.items() if n == 0]
         heapq.heapify(ready)
-        running: dict[Future[Outcome], tuple[Task, Decision, dict[Path, Any], Any]] = {}
+        running: dict[Future[Outcome], tuple[Task, Decision, dict[str, Any], Any]] = {}
         interrupted = False
 
         def settle(task_id: str) -> None:
@@ -142,6 +144,8 @@ class Scheduler:
                         if queue is not None:
                             self.queue_running[queue] = self.queue_running.get(queue, 0) + 1
                 if running:
+                    from concurrent.futures import FIRST_COMPLETED, wait  # only when tasks run
+
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in done:
                         task, decision, before, executor = running.pop(future)
@@ -176,7 +180,7 @@ class Scheduler:
 
     # -- one task -----------------------------------------------------------------------------
 
-    def _start(self, task: Task) -> tuple[Future[Outcome], Decision, dict[Path, Any], Any] | None:
+    def _start(self, task: Task) -> tuple[Future[Outcome], Decision, dict[str, Any], Any] | None:
         """Decide about ``task``; settle it now (returns None) or submit it."""
         blocked = [u for u in self.graph.upstream[task.id] if u in self.selected and self.reports[u].outcome in (FAILED, SKIPPED)]
         if blocked:
@@ -229,10 +233,10 @@ class Scheduler:
             return None
         return self._submit(task, decision, attempt=1)
 
-    def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[Path, Any], Any]:
+    def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[str, Any], Any]:
         before = {}
-        for product in task.products:
-            product.parent.mkdir(parents=True, exist_ok=True)
+        for product in task.product_files:
+            os.makedirs(os.path.dirname(product), exist_ok=True)
             before[product] = _stat(product)
         executor = self._executor(task)
         session = self.session
@@ -265,7 +269,7 @@ class Scheduler:
         deps = self.graph.value_deps[task.id]
         for param in task.params:
             if param.name not in kwargs and param.name not in deps:
-                kwargs[param.name] = param.value
+                kwargs[param.name] = map_paths(param.value, Path)
         return kwargs
 
     def _job_prefix(self, task: Task) -> list[str] | None:
@@ -282,13 +286,13 @@ class Scheduler:
         return executor
 
     def _complete(
-        self, task: Task, decision: Decision, before: dict[Path, Any], outcome: Outcome, executor: Any
+        self, task: Task, decision: Decision, before: dict[str, Any], outcome: Outcome, executor: Any
     ) -> Future[Outcome] | None:
         """Record a finished task; returns a new future when a failed attempt is retried."""
         attempt = self._attempts.get(task.id, 1)
         error = outcome.error
         if outcome.ok:
-            missing = [self.graph.rel(p) for p in task.products if not p.is_file()]
+            missing = [self.graph.rel(p) for p in task.product_files if not os.path.isfile(p)]
             if missing:
                 error = f"{task.id} did not create its declared product{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
         log = self._logs.setdefault(task.id, [])
@@ -322,7 +326,7 @@ class Scheduler:
             self._finish(report)
             return None
         files = self.rebuilder.files
-        products = {self.graph.rel(path): files.digest(str(path), fresh=True) for path in task.products}
+        products = {self.graph.rel(path): files.digest(path, fresh=True) for path in task.product_files}
         assert outcome.value_digest is not None and decision.key is not None and decision.parts is not None
         if outcome.value is not None:
             self.storage.put(outcome.value_digest, outcome.value)
@@ -333,7 +337,7 @@ class Scheduler:
         self._finish(report)
         return None
 
-    def _delete_products(self, task: Task, before: dict[Path, Any]) -> None:
+    def _delete_products(self, task: Task, before: dict[str, Any]) -> None:
         """Delete the products a failed or interrupted run created or changed."""
         for path, old in before.items():
             if _stat(path) != old:
@@ -347,7 +351,7 @@ class Scheduler:
         self.session.hook.cpbuild_task_finish(session=self.session, task=report.task, report=report)
 
 
-def _stat(path: Path) -> tuple[int, int, int] | None:
+def _stat(path: str) -> tuple[int, int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:

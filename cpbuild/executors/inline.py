@@ -9,7 +9,6 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from cpbuild.hookspecs import hookimpl
 from cpbuild.runner import Job, Outcome, run_job
 
 
@@ -26,11 +25,5 @@ class InlineExecutor:
         pass
 
 
-@hookimpl
-def cpbuild_executor_names() -> list[str]:
-    return ["inline"]
-
-
-@hookimpl
-def cpbuild_make_executor(name: str, config: Any, jobs: int) -> InlineExecutor | None:
-    return InlineExecutor() if name == "inline" else None
+def create(config: Any, jobs: int) -> InlineExecutor:
+    return InlineExecutor()

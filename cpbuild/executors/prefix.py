@@ -24,7 +24,6 @@ from typing import Any
 
 from cpbuild.executors.process import describe_exit, kill_group
 from cpbuild.executors.shipping import dumps_job, prepare, worker_init
-from cpbuild.hookspecs import hookimpl
 from cpbuild.runner import Job, Outcome
 
 
@@ -104,13 +103,5 @@ class PrefixExecutor:
         self._pool.shutdown(wait=True, cancel_futures=cancel)
 
 
-@hookimpl
-def cpbuild_executor_names() -> list[str]:
-    return ["prefix"]
-
-
-@hookimpl
-def cpbuild_make_executor(name: str, config: Any, jobs: int) -> PrefixExecutor | None:
-    if name != "prefix":
-        return None
+def create(config: Any, jobs: int) -> PrefixExecutor:
     return PrefixExecutor(jobs, config.root, config.cache_path / "jobs")

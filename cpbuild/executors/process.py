@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 from cpbuild.executors.shipping import dumps_job, prepare, worker_init
-from cpbuild.hookspecs import hookimpl
 from cpbuild.runner import Job, Outcome
 from cpbuild.worker import read_frame, write_frame
 
@@ -203,11 +202,5 @@ class ProcessExecutor:
             thread.join(timeout=None if not cancel else 5)
 
 
-@hookimpl
-def cpbuild_executor_names() -> list[str]:
-    return ["process"]
-
-
-@hookimpl
-def cpbuild_make_executor(name: str, config: Any, jobs: int) -> ProcessExecutor | None:
-    return ProcessExecutor(jobs, config.root) if name == "process" else None
+def create(config: Any, jobs: int) -> ProcessExecutor:
+    return ProcessExecutor(jobs, config.root)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from cpbuild.hookspecs import hookimpl
 from cpbuild.runner import Job, Outcome, run_job
 
 
@@ -28,11 +27,5 @@ class ThreadExecutor:
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
 
-@hookimpl
-def cpbuild_executor_names() -> list[str]:
-    return ["thread"]
-
-
-@hookimpl
-def cpbuild_make_executor(name: str, config: Any, jobs: int) -> ThreadExecutor | None:
-    return ThreadExecutor(jobs) if name == "thread" else None
+def create(config: Any, jobs: int) -> ThreadExecutor:
+    return ThreadExecutor(jobs)
