@@ -1,5 +1,5 @@
 """``python -m cpbuild``."""
 
-from cpbuild.cli import main
+from cpbuild.cli import run
 
-raise SystemExit(main())
+run()

@@ -12,6 +12,7 @@ recorded for it; tasks downstream of a failure are skipped.
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import time
@@ -101,6 +102,8 @@ class Scheduler:
         self._logs: dict[str, list[str]] = {}
         self._stopping = False
         self._submitting: tuple[Task, dict[str, Any]] | None = None
+        self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
+        self._would_run: set[str] = set()  # dry run: their downstream would run too
         limits = dict(session.config.queues)
         self.queue_limits: dict[str, int] = limits
         self.queue_running: dict[str, int] = {}
@@ -182,9 +185,9 @@ class Scheduler:
 
     def _start(self, task: Task) -> tuple[Future[Outcome], Decision, dict[str, Any], Any] | None:
         """Decide about ``task``; settle it now (returns None) or submit it."""
-        blocked = [u for u in self.graph.upstream[task.id] if u in self.selected and self.reports[u].outcome in (FAILED, SKIPPED)]
-        if blocked:
-            up = self.reports[blocked[0]]
+        upstream_ids = self.graph.upstream[task.id]
+        if self._blocking and not self._blocking.isdisjoint(upstream_ids):
+            up = self.reports[next(u for u in upstream_ids if u in self._blocking)]
             verb = "failed" if up.outcome == FAILED else "was skipped"
             self._finish(TaskReport(task, SKIPPED, [f"upstream {up.task.name} {verb}"]))
             return None
@@ -194,10 +197,9 @@ class Scheduler:
         if task.skip_reason is not None:
             self._finish(TaskReport(task, SKIPPED, [task.skip_reason]))
             return None
-        would_run = [u for u in self.graph.upstream[task.id] if u in self.selected and self.reports[u].outcome == WOULD_RUN]
-        if would_run:
-            reason = f"upstream {self.graph.tasks[would_run[0]].name} would run"
-            self._finish(TaskReport(task, WOULD_RUN, [reason]))
+        if self._would_run and not self._would_run.isdisjoint(upstream_ids):
+            up = next(u for u in upstream_ids if u in self._would_run)
+            self._finish(TaskReport(task, WOULD_RUN, [f"upstream {self.graph.tasks[up].name} would run"]))
             return None
         upstream = {
             name: (up, self.value_digests.get(up)) for name, up in self.graph.value_deps[task.id].items()
@@ -234,6 +236,7 @@ class Scheduler:
         return self._submit(task, decision, attempt=1)
 
     def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[str, Any], Any]:
+        gc.enable()  # the CLI turns the collector off for collection; user code needs it
         before = {}
         for product in task.product_files:
             os.makedirs(os.path.dirname(product), exist_ok=True)
@@ -348,6 +351,10 @@ class Scheduler:
 
     def _finish(self, report: TaskReport) -> None:
         self.reports[report.task.id] = report
+        if report.outcome in (FAILED, SKIPPED):
+            self._blocking.add(report.task.id)
+        elif report.outcome == WOULD_RUN:
+            self._would_run.add(report.task.id)
         self.session.hook.cpbuild_task_finish(session=self.session, task=report.task, report=report)
 
 

@@ -10,10 +10,15 @@ One SQLite database (WAL mode) in the cache folder, ``state.db``, with three tab
 ``files``    the stat cache: path -> (device, inode, size, mtime_ns, digest). A file whose stat is
              unchanged is not read again.
 
-A build loads ``latest`` joined with ``records`` (without the bulky key parts) and ``files``
-in one read at start, and writes one transaction per finished task; nothing is recorded for a
-task before it fully succeeded. Row data is ``marshal``-encoded: it is the fastest codec in the
-standard library, and its format is stable across the Python versions whose keys it stores.
+``snapshot`` one row: ``latest`` joined with ``records`` (without the bulky key parts) and
+             ``files``, marshalled into one blob, with the ``generation`` it reflects.
+
+Every write transaction bumps ``meta.generation``. A build loads the snapshot in one read when
+its generation is current (the usual case), and falls back to reading the tables when it is
+not (after a crash, or an older cpbuild); it writes the snapshot anew when it closes after
+having changed anything. Tasks are recorded one transaction per finished task; nothing is
+recorded for a task before it fully succeeded. Row data is ``marshal``-encoded: the fastest
+codec in the standard library, stable across the Python versions whose keys it stores.
 """
 
 from __future__ import annotations
@@ -21,11 +26,10 @@ from __future__ import annotations
 import marshal
 import sqlite3
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -41,12 +45,16 @@ CREATE TABLE IF NOT EXISTS latest (task TEXT PRIMARY KEY, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, digest TEXT
 );
+CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL);
+INSERT OR IGNORE INTO meta VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL, data BLOB NOT NULL
+);
 """
 
 
-@dataclass(frozen=True)
-class Record:
-    """A successful build of one key."""
+class Record(NamedTuple):
+    """A successful build of one key (a tuple: thousands are loaded per build)."""
 
     key: str
     task: str
@@ -72,14 +80,25 @@ class State:
         if version != SCHEMA_VERSION:
             self._db.executescript(
                 "DROP TABLE IF EXISTS records; DROP TABLE IF EXISTS latest; DROP TABLE IF EXISTS files;"
+                "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS snapshot;"
             )
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.latest: dict[str, Record] = {}
         self.files: dict[str, StatEntry] = {}
+        self._snapshot_generation = -1
         self._load()
 
     def _load(self) -> None:
+        row = self._db.execute(
+            "SELECT m.generation, s.generation, s.data FROM meta m LEFT JOIN snapshot s"
+        ).fetchone()
+        self.generation = row[0]
+        if row[1] == row[0]:
+            latest, self.files = marshal.loads(row[2])
+            self.latest = {task: Record(*fields) for task, fields in latest.items()}
+            self._snapshot_generation = row[1]
+            return
         rows = self._db.execute(
             "SELECT r.key, r.task, r.value, r.products, r.duration "
             "FROM latest l JOIN records r ON r.key = l.key"
@@ -89,7 +108,7 @@ class State:
             task: Record(key, task, value, loads(products), duration)
             for key, task, value, products, duration in rows
         }
-        self.files = {row[0]: row[1:] for row in self._db.execute("SELECT * FROM files")}
+        self.files = {row[0]: tuple(row[1:]) for row in self._db.execute("SELECT * FROM files")}
 
     def find(self, key: str) -> Record | None:
         """The record of ``key`` if it was ever built (for keys that are not the latest)."""
@@ -157,6 +176,11 @@ class State:
         return _Transaction(self._db)
 
     def close(self) -> None:
+        """Write the snapshot if this process changed anything, then close."""
+        generation = self._db.execute("SELECT generation FROM meta").fetchone()[0]
+        if generation != self._snapshot_generation:
+            data = marshal.dumps(({task: tuple(r) for task, r in self.latest.items()}, self.files))
+            self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (0, ?, ?)", (generation, data))
         self._db.close()
 
 
@@ -166,6 +190,7 @@ class _Transaction:
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("UPDATE meta SET generation = generation + 1")
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")

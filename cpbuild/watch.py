@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fnmatch
+import gc
 import importlib
 import importlib.util
 import linecache
@@ -421,6 +422,8 @@ class Watcher:
         self._restarted = False
         self._stop_requested = False
         self._refresh_lock = threading.Lock()
+        self._walked: tuple[frozenset[str], set[str]] | None = None  # (product folders, walk)
+        self._tree_changed = False  # a folder was created, deleted or moved since the walk
         self._state: Any = None
         self._main_thread = threading.main_thread().ident
         self.watches: Watches | None = None
@@ -520,6 +523,8 @@ class Watcher:
         folders = [p for p, is_dir in batch.items() if is_dir]
         files = [p for p, is_dir in batch.items() if not is_dir]
         if folders:
+            with self._lock:
+                self._tree_changed = True
             view = self.view
             known = view.python | view.inputs
             for folder in folders:
@@ -576,23 +581,43 @@ class Watcher:
 
     def desired_folders(self) -> set[str]:
         """Every folder under the task paths (but ignored ones and those holding only
-        products), and the folders of the modules, inputs and configuration file."""
+        products), and the folders of the modules, inputs and configuration file. The walk of
+        the task paths is redone only when folders were created or deleted, or the product
+        folders changed."""
         view = self.view
         needed = set(view.python) | set(view.inputs)
         if view.config:
             needed.add(view.config)
+        needed_dirs = {os.path.dirname(p) for p in needed}
         keep: set[str] = set()
-        for path in needed:
-            folder = os.path.dirname(path)
+        for folder in needed_dirs:
             while folder not in keep:
                 keep.add(folder)
                 parent = os.path.dirname(folder)
                 if parent == folder:
                     break
                 folder = parent
-        product_dirs = {os.path.dirname(p) for p in view.products} - keep
+        product_dirs = frozenset({os.path.dirname(p) for p in view.products} - keep)
+        with self._lock:
+            stale = self._tree_changed or self._walked is None or self._walked[0] != product_dirs
+            self._tree_changed = False
+        if stale:
+            self._walked = (product_dirs, self._walk(view.starts, product_dirs))
+        assert self._walked is not None
+        folders = set(self._walked[1])
+        for folder in needed_dirs:
+            while folder and not os.path.isdir(folder):  # a missing input: watch for its folder
+                parent = os.path.dirname(folder)
+                if parent == folder:
+                    break
+                folder = parent
+            if folder and not (folder == self.cache or folder.startswith(self.cache + os.sep)):
+                folders.add(folder)
+        return folders
+
+    def _walk(self, starts: Iterable[str], product_dirs: frozenset[str]) -> set[str]:
         folders: set[str] = set()
-        for start in view.starts:
+        for start in starts:
             if os.path.isfile(start):
                 folders.add(os.path.dirname(start))
                 continue
@@ -608,15 +633,6 @@ class Watcher:
                     and os.path.join(folder, d) != self.cache
                     and not os.path.exists(os.path.join(folder, d, "pyvenv.cfg"))
                 ]
-        for path in needed:
-            folder = os.path.dirname(path)
-            while folder and not os.path.isdir(folder):  # a missing input: watch for its folder
-                parent = os.path.dirname(folder)
-                if parent == folder:
-                    break
-                folder = parent
-            if folder and not (folder == self.cache or folder.startswith(self.cache + os.sep)):
-                folders.add(folder)
         return folders
 
     def refresh_watches(self) -> set[str]:
@@ -635,9 +651,9 @@ class Watcher:
         }
 
     def _graph_view(self, graph: Any, selected: Iterable[Any] | None, failed: bool) -> View:
-        products = frozenset(str(p) for t in graph.tasks.values() for p in t.products)
+        products = frozenset(p for t in graph.tasks.values() for p in t.product_files)
         tasks = list(selected) if selected is not None else list(graph.tasks.values())
-        inputs = frozenset(str(p) for t in tasks for p in t.inputs) - products
+        inputs = frozenset(p for t in tasks for p in t.input_files) - products
         python = {str(t.path) for t in graph.tasks.values()} | self._module_files()
         return View(
             self.root, self.cache, self.view.starts, self.view.patterns, self.view.config,
@@ -688,7 +704,7 @@ class Watcher:
         if view.failed:
             # Keep what is known about files of the last good graph: fixing a file compares
             # against the broken version the failed cycle saw.
-            for path, value in old.items():
+            for path, value in list(old.items()):
                 baselines.setdefault(path, value)
         self.baselines = baselines
 
@@ -696,6 +712,9 @@ class Watcher:
 
     def run(self) -> ExitCode:
         self._check_options()
+        # The CLI turns the cyclic garbage collector off for one-shot builds; a watch must not
+        # run without it: every cycle drops a generation of modules and functions (cycles).
+        gc.enable()
         plugin = _Plugin(self)
         self.pm.register(plugin, name="cpbuild-watch")
         previous = {
