@@ -322,7 +322,8 @@ def _print_log(session: Any, target: str) -> ExitCode:
     for task_id in session.graph.resolve_target(target, session.cwd):
         path = session.log_path(session.graph.tasks[task_id])
         if not path.is_file():
-            print(f"cpbuild: {task_id} has no log yet (it has not run since logs are kept)", file=sys.stderr)
+            print(f"cpbuild: {task_id} has no log: it has not run yet, or its last run printed "
+                  "nothing and succeeded", file=sys.stderr)
             return ExitCode.USAGE_ERROR
         print(f"=== log of {task_id} ({path}) ===")
         print(path.read_text(), end="")

@@ -6,6 +6,7 @@ key named. Command-line options are merged on top by the CLI.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ class Config:
 
     @property
     def cache_path(self) -> Path:
-        return (self.root / self.cache_dir).resolve()
+        # Not cached: cache_dir may be set after construction. Cheap: no symlink resolution.
+        return Path(os.path.normpath(self.root / self.cache_dir))
 
     def display_source(self) -> str:
         return str(self.source) if self.source else "(no configuration file)"

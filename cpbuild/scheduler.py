@@ -102,6 +102,7 @@ class Scheduler:
         self._logs: dict[str, list[str]] = {}
         self._stopping = False
         self._submitting: tuple[Task, dict[str, Any]] | None = None
+        self._made_dirs: set[str] = set()
         self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
         self._would_run: set[str] = set()  # dry run: their downstream would run too
         limits = dict(session.config.queues)
@@ -239,7 +240,10 @@ class Scheduler:
         gc.enable()  # the CLI turns the collector off for collection; user code needs it
         before = {}
         for product in task.product_files:
-            os.makedirs(os.path.dirname(product), exist_ok=True)
+            folder = os.path.dirname(product)
+            if folder not in self._made_dirs:
+                os.makedirs(folder, exist_ok=True)
+                self._made_dirs.add(folder)
             before[product] = _stat(product)
         executor = self._executor(task)
         session = self.session
@@ -299,7 +303,8 @@ class Scheduler:
             if missing:
                 error = f"{task.id} did not create its declared product{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
         log = self._logs.setdefault(task.id, [])
-        log.append(_log_text(attempt, outcome, error))
+        if error is not None or outcome.stdout or outcome.stderr or log:
+            log.append(_log_text(attempt, outcome, error))
         if error is not None:
             self._delete_products(task, before)
             if attempt <= task.options.retries and not self._stopping:
@@ -321,7 +326,7 @@ class Scheduler:
             worker=outcome.worker,
             attempts=attempt,
         )
-        self.session.write_log(task, "".join(log))
+        self.session.write_log(task, "".join(log) if log else None)
         if error is not None:
             if attempt > 1:
                 report.error = f"{error.rstrip()}\n(failed {attempt} attempts; the log of every attempt: cpbuild --log {task.name})"

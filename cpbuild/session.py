@@ -83,9 +83,19 @@ class Session:
         safe = "".join(c if c.isalnum() or c in "-_.[]" else "_" for c in task.id)
         return self.config.cache_path / "logs" / f"{safe}.log"
 
-    def write_log(self, task: Task, text: str) -> None:
-        """Keep the last run's output of a task (``cpbuild --log TASK``), written atomically."""
+    def write_log(self, task: Task, text: str | None) -> None:
+        """Keep the last run's output of a task (``cpbuild --log TASK``), written atomically.
+
+        ``None`` (a run that printed nothing and succeeded at once) removes an older log
+        instead: creating a file per task is a large part of a full build of small tasks.
+        """
         path = self.log_path(task)
+        if text is None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)

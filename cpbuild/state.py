@@ -87,6 +87,7 @@ class State:
         self.latest: dict[str, Record] = {}
         self.files: dict[str, StatEntry] = {}
         self._snapshot_generation = -1
+        self._bumped = False
         self._load()
 
     def _load(self) -> None:
@@ -173,7 +174,10 @@ class State:
         )
 
     def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+        # The generation is bumped by this process's first write only: that is enough to mark
+        # the snapshot stale (if the process dies) until close() writes a fresh one.
+        bump, self._bumped = not self._bumped, True
+        return _Transaction(self._db, bump)
 
     def close(self) -> None:
         """Write the snapshot if this process changed anything, then close."""
@@ -185,12 +189,14 @@ class State:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, bump: bool) -> None:
         self.db = db
+        self.bump = bump
 
     def __enter__(self) -> None:
         self.db.execute("BEGIN IMMEDIATE")
-        self.db.execute("UPDATE meta SET generation = generation + 1")
+        if self.bump:
+            self.db.execute("UPDATE meta SET generation = generation + 1")
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
         self.db.execute("COMMIT" if kind is None else "ROLLBACK")

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -416,9 +415,12 @@ def test_large_values_do_not_pass_through_the_main_process(project):
     assert any(p.is_file() and p.stat().st_size >= 5_000_000 for p in objects)
 
 
-def test_log_of_a_task_that_never_ran(project):
+def test_log_of_a_task_without_output_explains_why_there_is_none(project):
     sleepers(project, 1, 0)
     result = project.run("--log", "s0")
     assert result.exit_code == 4
-    assert "has no log yet" in result.stderr
-    assert Path(project.path).exists()
+    assert "has no log" in result.stderr
+    assert project.run().ran == {"s0"}
+    quiet = project.run("--log", "s0")
+    assert quiet.exit_code == 4
+    assert "printed nothing" in quiet.stderr

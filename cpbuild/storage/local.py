@@ -26,12 +26,13 @@ class LocalStorage:
     def __init__(self, folder: Path, hasher: Any) -> None:
         self.folder = folder
         self.hasher = hasher
+        self._present: set[str] = set()  # written or seen by this process: no need to look again
 
     def _path(self, digest: str) -> Path:
         return self.folder / digest[:2] / digest[2:]
 
     def has(self, digest: str) -> bool:
-        return self._path(digest).is_file()
+        return digest in self._present or self._path(digest).is_file()
 
     def get(self, digest: str) -> bytes | None:
         path = self._path(digest)
@@ -47,8 +48,11 @@ class LocalStorage:
         return data
 
     def put(self, digest: str, data: bytes) -> None:
+        if digest in self._present:
+            return
         path = self._path(digest)
         if path.is_file():
+            self._present.add(digest)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
@@ -59,8 +63,10 @@ class LocalStorage:
         except BaseException:
             os.unlink(tmp)
             raise
+        self._present.add(digest)
 
     def delete(self, digest: str) -> None:
+        self._present.discard(digest)
         self._path(digest).unlink(missing_ok=True)
 
     def iter_digests(self) -> Iterator[str]:
