@@ -46,7 +46,10 @@ TOOL_NAMES = ("cpbuild", "make", "ninja", "doit", "pytask")
 DEFAULT_SKIPS = "pytask:10000"
 DEFAULT_BUDGET = 150.0
 # Environment variables that would change how the tools behave (e.g. a parent make's -j).
-SCRUBBED_ENV = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES", "NINJA_STATUS")
+#: Variables that would make a tool behave unlike on a user's machine. PYTHONDONTWRITEBYTECODE
+#: (set on some sandboxes and CI images) makes every Python tool recompile all its modules on
+#: every run, which no user sees; it is removed for all three Python tools alike.
+SCRUBBED_ENV = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES", "NINJA_STATUS", "PYTHONDONTWRITEBYTECODE")
 VERSION = re.compile(r"\d+\.\d+[\w.+-]*")
 
 

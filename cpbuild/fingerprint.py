@@ -17,13 +17,13 @@ global (not a simple constant) is not tracked, only its type.
 
 from __future__ import annotations
 
-import ast
 import builtins
 import hashlib
+import os
 import sys
+import time
 import types
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,11 @@ LIBRARY = "library"
 OBJECT = "object"
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
+
+#: A file modified this recently may be modified again within the file system's timestamp
+#: granularity without its stat changing ("racy", as git calls it): what was read from it is
+#: used for this build but not remembered across builds.
+RACY_NS = 100_000_000
 _CPBUILD_DIR = Path(__file__).resolve().parent
 _SITE_DIRS = ("site-packages", "dist-packages")
 
@@ -46,133 +51,30 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class _Analysis:
-    """What the source says about one function or class: its digest and the names it loads."""
-
-    digest: str
-    references: tuple[tuple[str, ...], ...]
-
-
-class _StripDocstrings(ast.NodeTransformer):
-    """Drop docstrings: they document, they do not compute."""
-
-    def _strip(self, node: Any) -> Any:
-        self.generic_visit(node)
-        body = node.body
-        if (
-            body
-            and isinstance(body[0], ast.Expr)
-            and isinstance(body[0].value, ast.Constant)
-            and isinstance(body[0].value.value, str)
-        ):
-            node.body = body[1:] or [ast.Pass()]
-        return node
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Module = _strip
-
-
-class _SourceFile:
-    """One parsed source file, indexed so that functions and classes are found without
-    ``inspect.getsource`` (which re-tokenizes the file for every function)."""
-
-    def __init__(self, path: str) -> None:
-        with open(path, "rb") as stream:
-            tree = ast.parse(stream.read(), filename=path)
-        self.tree = _StripDocstrings().visit(tree)
-        self.functions: dict[tuple[int, str], ast.AST] = {}
-        self.lambdas: dict[int, list[ast.Lambda]] = {}
-        self.classes: dict[str, ast.ClassDef] = {}
-        self._index(self.tree, "")
-
-    def _index(self, node: ast.AST, prefix: str) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
-                first = min([d.lineno for d in child.decorator_list] + [child.lineno])
-                self.functions[(first, child.name)] = child
-                self.functions.setdefault((child.lineno, child.name), child)
-                self._index(child, f"{prefix}{child.name}.<locals>.")
-            elif isinstance(child, ast.ClassDef):
-                self.classes.setdefault(f"{prefix}{child.name}", child)
-                self._index(child, f"{prefix}{child.name}.")
-            else:
-                if isinstance(child, ast.Lambda):
-                    self.lambdas.setdefault(child.lineno, []).append(child)
-                self._index(child, prefix)
-
-
-class _Names(ast.NodeVisitor):
-    """Collect the names a function or class body binds and the name chains it loads."""
-
-    def __init__(self) -> None:
-        self.bound: set[str] = set()
-        self.declared_global: set[str] = set()
-        self.chains: set[tuple[str, ...]] = set()
-
-    def visit_Name(self, node: ast.Name) -> None:
-        if isinstance(node.ctx, ast.Load):
-            self.chains.add((node.id,))
-        else:
-            self.bound.add(node.id)
-
-    def visit_Attribute(self, node: ast.Attribute) -> None:
-        parts = [node.attr]
-        value = node.value
-        while isinstance(value, ast.Attribute):
-            parts.append(value.attr)
-            value = value.value
-        if isinstance(value, ast.Name) and isinstance(node.ctx, ast.Load):
-            self.chains.add((value.id, *reversed(parts)))
-        else:
-            self.visit(value)
-
-    def visit_arg(self, node: ast.arg) -> None:
-        self.bound.add(node.arg)
-        if node.annotation is not None:
-            self.visit(node.annotation)
-
-    def _bind_definition(self, node: Any) -> None:
-        self.bound.add(node.name)
-        self.generic_visit(node)
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _bind_definition
-
-    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
-        for alias in node.names:
-            self.bound.add((alias.asname or alias.name).split(".")[0])
-
-    visit_ImportFrom = visit_Import
-
-    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
-        if node.name:
-            self.bound.add(node.name)
-        self.generic_visit(node)
-
-    def visit_Global(self, node: ast.Global) -> None:
-        self.declared_global.update(node.names)
-
-    def visit_MatchAs(self, node: ast.MatchAs) -> None:
-        if node.name:
-            self.bound.add(node.name)
-        self.generic_visit(node)
-
-    def visit_MatchStar(self, node: ast.MatchStar) -> None:
-        if node.name:
-            self.bound.add(node.name)
-
-
 class CodeTracker:
     """Computes code items for the functions of one project, caching per file and per object.
 
     One tracker lives for one collection (one build, or one watch cycle): it caches parsed
     files and resolved items, which are valid only as long as the modules are not reloaded.
+    Analyses of functions and classes (their digest and the names they load) are also kept
+    across builds in the state, keyed by file, size and mtime, so a no-op build does not parse
+    unchanged files at all (DESIGN §5.1).
     """
 
-    def __init__(self, root: Path, project_packages: frozenset[str] = frozenset()) -> None:
+    def __init__(
+        self,
+        root: Path,
+        project_packages: frozenset[str] = frozenset(),
+        cache: dict[str, Any] | None = None,
+    ) -> None:
         self.root = root.resolve()
         self.project_packages = project_packages
-        self._files: dict[str, _SourceFile | None] = {}
-        self._analyses: dict[Any, _Analysis | None] = {}
+        #: Persistent analyses: "file\0what" -> (size, mtime_ns, analysis); see _persistent.
+        self.cache: dict[str, Any] = cache if cache is not None else {}
+        self.new_cache: dict[str, Any] = {}
+        self._stats: dict[str, tuple[int, int]] = {}
+        self._files: dict[str, Any] = {}
+        self._analyses: dict[Any, Any] = {}
         self._items: dict[int, dict[str, str]] = {}
         self._task_codes: dict[Any, tuple[dict[str, str], str]] = {}
         self._in_progress: set[int] = set()
@@ -228,77 +130,67 @@ class CodeTracker:
 
     # -- analysis -----------------------------------------------------------------------------
 
-    def _source(self, filename: str) -> _SourceFile | None:
+    def _source(self, filename: str) -> Any:
+        """The parsed file (``cpbuild.source.SourceFile``), parsed at most once per tracker."""
         if filename not in self._files:
+            from cpbuild import source
+
             try:
-                self._files[filename] = _SourceFile(filename)
+                self._files[filename] = source.SourceFile(filename)
             except (OSError, SyntaxError, ValueError):
                 self._files[filename] = None
         return self._files[filename]
 
-    def _analyse_function(self, function: types.FunctionType) -> _Analysis | None:
+    def _persistent(self, filename: str, what: str, compute: Callable[[], Any]) -> Any:
+        """An analysis from the code cache when ``filename`` is unchanged, else computed
+        (and remembered unless the file is so new that a same-tick edit could hide)."""
+        stat = self._stats.get(filename)
+        if stat is None:
+            try:
+                st = os.stat(filename)
+                stat = self._stats[filename] = (st.st_size, st.st_mtime_ns)
+            except OSError:
+                stat = self._stats[filename] = (-1, -1)
+        key = f"{filename}\0{what}"
+        entry = self.cache.get(key)
+        if entry is not None and entry[0] == stat[0] and entry[1] == stat[1]:
+            return entry[2]
+        result = compute()
+        if stat[0] >= 0 and time.time_ns() - stat[1] > RACY_NS:
+            self.new_cache[key] = (stat[0], stat[1], result)
+        return result
+
+    def _analyse_function(self, function: types.FunctionType) -> tuple[str, tuple[tuple[str, ...], ...]] | None:
         code = function.__code__
-        if code in self._analyses:
-            return self._analyses[code]
-        source = self._source(code.co_filename)
-        node: ast.AST | None = None
-        if source is not None:
-            if function.__name__ == "<lambda>":
-                lambdas = source.lambdas.get(code.co_firstlineno)
-                if lambdas:
-                    node = ast.Tuple(elts=list(lambdas), ctx=ast.Load())
-            else:
-                node = source.functions.get((code.co_firstlineno, code.co_name))
-        analysis = None
-        if node is not None:
-            analysis = self._analyse_node(node, function.__globals__)
-        self._analyses[code] = analysis
-        return analysis
+        if code not in self._analyses:
 
-    def _analyse_class(self, cls: type, filename: str) -> _Analysis | None:
+            def compute() -> Any:
+                from cpbuild import source
+
+                parsed = self._source(code.co_filename)
+                node = source.function_node(parsed, code, function.__name__) if parsed else None
+                return tuple(source.analyse(node, function.__globals__)) if node is not None else None
+
+            what = f"{code.co_firstlineno}:{code.co_name}"
+            self._analyses[code] = self._persistent(code.co_filename, what, compute)
+        return self._analyses[code]
+
+    def _analyse_class(self, cls: type, filename: str) -> tuple[str, tuple[tuple[str, ...], ...]] | None:
         key = (filename, cls.__qualname__)
-        if key in self._analyses:
-            return self._analyses[key]
-        source = self._source(filename)
-        node = source.classes.get(cls.__qualname__.replace("<locals>.", "")) if source else None
-        if node is None and source is not None:
-            # A class defined inside a function: find it by its plain name.
-            node = next(
-                (n for q, n in source.classes.items() if q.rsplit(".", 1)[-1] == cls.__name__),
-                None,
-            )
-        module = sys.modules.get(cls.__module__)
-        analysis = self._analyse_node(node, vars(module)) if node is not None and module else None
-        self._analyses[key] = analysis
-        return analysis
+        if key not in self._analyses:
 
-    def _analyse_node(self, node: Any, namespace: dict[str, Any]) -> _Analysis:
-        decorators = getattr(node, "decorator_list", None)
-        if decorators:
-            kept = [d for d in decorators if not _is_declaration(d, namespace)]
-            if len(kept) != len(decorators):
-                node = _copy_with_decorators(node, kept)
-        names = _Names()
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            # The function's own name is bound in its module, not in its body: a recursive
-            # call is not a reference to something else.
-            names.visit(node.args)
-            for decorator in node.decorator_list:
-                names.visit(decorator)
-            if node.returns is not None:
-                names.visit(node.returns)
-            for statement in node.body:
-                names.visit(statement)
-            names.bound.add(node.name)
-        elif isinstance(node, ast.ClassDef):
-            for child in (*node.bases, *node.keywords, *node.decorator_list, *node.body):
-                names.visit(child)
-        else:
-            names.visit(node)
-        local = names.bound - names.declared_global
-        references = tuple(sorted(c for c in names.chains if c[0] not in local))
-        dump = ast.dump(node, annotate_fields=False, include_attributes=False)
-        return _Analysis(_digest(dump), references)
+            def compute() -> Any:
+                from cpbuild import source
+
+                parsed = self._source(filename)
+                node = source.class_node(parsed, cls) if parsed else None
+                module = sys.modules.get(cls.__module__)
+                if node is None or module is None:
+                    return None
+                return tuple(source.analyse(node, vars(module)))
+
+            self._analyses[key] = self._persistent(filename, f"class {cls.__qualname__}", compute)
+        return self._analyses[key]
 
     # -- items ------------------------------------------------------------------------------
 
@@ -320,12 +212,12 @@ class CodeTracker:
             # which changes with formatting but never misses a real change.
             items[name] = _digest(repr(_code_fingerprint(code)))
             return items
-        items[name] = analysis.digest
+        items[name] = analysis[0]
         self._in_progress.add(ident)
         self._items[ident] = items  # a recursive reference sees the partial set and stops
         try:
             closure = _closure_vars(function)
-            for chain in analysis.references:
+            for chain in analysis[1]:
                 if chain[0] in closure:
                     obj = closure[chain[0]]
                 elif chain[0] in function.__globals__:
@@ -379,7 +271,7 @@ class CodeTracker:
         if isinstance(target, types.BuiltinFunctionType | types.BuiltinMethodType):
             yield from self._library_items(getattr(target, "__module__", None))
             return
-        if _is_cpbuild_object(obj):
+        if is_cpbuild_object(obj):
             return  # declarations (Product, Needs, mark): not computation
         try:
             yield f"{CONSTANT} {rel}::{label}", canonical(obj, self.root)
@@ -395,9 +287,13 @@ class CodeTracker:
         if rel is None:
             yield from self._library_items(module.__name__)
             return
-        source = self._source(module.__file__)
-        text = ast.dump(source.tree, annotate_fields=False) if source else rel
-        yield f"{MODULE} {rel}", _digest(text)
+        def compute() -> str:
+            from cpbuild import source
+
+            parsed = self._source(module.__file__)
+            return source.module_digest(parsed) if parsed else _digest(rel)
+
+        yield f"{MODULE} {rel}", self._persistent(module.__file__, "module", compute)
 
     def _class_items(self, cls: type) -> Iterator[tuple[str, str]]:
         module = sys.modules.get(cls.__module__)
@@ -412,11 +308,11 @@ class CodeTracker:
             cached = {}
             analysis = self._analyse_class(cls, filename)
             name = f"{CLASS} {rel}::{cls.__qualname__}"
-            cached[name] = analysis.digest if analysis else _digest(cls.__qualname__)
+            cached[name] = analysis[0] if analysis else _digest(cls.__qualname__)
             self._items[ident] = cached
             if analysis is not None:
                 namespace = vars(module)
-                for chain in analysis.references:
+                for chain in analysis[1]:
                     if chain[0] in namespace and chain[0] != cls.__name__:
                         self._add_reference(cached, namespace[chain[0]], chain, rel, cls.__module__)
             for base in cls.__bases__:
@@ -489,38 +385,10 @@ def _code_fingerprint(code: types.CodeType) -> tuple[Any, ...]:
     return (code.co_code, consts, code.co_names, code.co_varnames)
 
 
-def _is_cpbuild_object(obj: Any) -> bool:
+def is_cpbuild_object(obj: Any) -> bool:
+    """Declarations and engine objects of cpbuild itself: never part of a key."""
     module = getattr(type(obj), "__module__", "") or ""
     return module == "cpbuild" or module.startswith("cpbuild.")
-
-
-def _is_declaration(decorator: ast.expr, namespace: dict[str, Any]) -> bool:
-    """True for ``@task``, ``@task(...)``, ``@mark.x``, ``@pytask.mark.x(...)``: declarations
-    whose data enters the key as arguments and markers, not as code."""
-    node = decorator.func if isinstance(decorator, ast.Call) else decorator
-    parts = []
-    while isinstance(node, ast.Attribute):
-        parts.append(node.attr)
-        node = node.value
-    if not isinstance(node, ast.Name):
-        return False
-    obj = namespace.get(node.id, _MISSING)
-    for attr in reversed(parts):
-        if obj is _MISSING:
-            break
-        if isinstance(obj, types.ModuleType) and obj.__name__ in ("cpbuild", "pytask"):
-            return True
-        obj = getattr(obj, attr, _MISSING)
-    if obj is _MISSING:
-        return False
-    owner = getattr(obj, "__module__", None) or type(obj).__module__
-    return owner in ("cpbuild.api", "cpbuild", "pytask") or _is_cpbuild_object(obj)
-
-
-def _copy_with_decorators(node: Any, decorators: list[ast.expr]) -> Any:
-    clone = type(node)(**{field: getattr(node, field) for field in node._fields})
-    clone.decorator_list = decorators
-    return clone
 
 
 def code_digest(items: dict[str, str]) -> str:

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from cpbuild.canonical import NotSimple, canonical, short_repr
-from cpbuild.fingerprint import CodeTracker
+from cpbuild.fingerprint import RACY_NS, CodeTracker
 from cpbuild.model import Task
 from cpbuild.state import Record, State, StatEntry
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
-#: A file modified this recently may be modified again within the file system's timestamp
-#: granularity without its stat changing ("racy" entries, as git calls them): its digest is used
-#: for this build but not remembered, so the next build reads it again.
-RACY_NS = 100_000_000
+
+
+class TaskKeyError(Exception):
+    """A task's key cannot be computed because of the task's own arguments or a plugin."""
 
 
 class FileDigests:
@@ -128,7 +128,11 @@ class Rebuilder:
                 inputs[rel(path)] = digest
         extras: dict[str, str] = {}
         if self._has_extras:
-            for result in self.extras(task=task):
+            try:
+                results = self.extras(task=task)
+            except Exception as error:
+                raise TaskKeyError(f"a plugin's cpbuild_key_extras failed: {type(error).__name__}: {error}") from error
+            for result in results:
                 if result:
                     extras.update({str(k): str(v) for k, v in result.items()})
         code, code_digest = self.code.task_code(task.function)
@@ -148,7 +152,14 @@ class Rebuilder:
         try:
             text = canonical(value, self.root)
         except NotSimple:
-            text = "pickle:" + self.hasher.bytes_digest(self.serializer.dumps(value))
+            try:
+                data = self.serializer.dumps(value)
+            except Exception as error:
+                raise TaskKeyError(
+                    f"an argument of type {type(value).__qualname__} has no canonical form and "
+                    f"cannot be pickled: {type(error).__name__}: {error}"
+                ) from error
+            text = "pickle:" + self.hasher.bytes_digest(data)
         if len(text) > 200:
             text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
         return [text, short_repr(value)]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpbuild.errors import ExitCode
 from cpbuild.model import Task, map_paths
-from cpbuild.rebuilder import Decision
+from cpbuild.rebuilder import Decision, TaskKeyError
 from cpbuild.runner import Job, Outcome
 from cpbuild.state import Record
 
@@ -174,6 +174,7 @@ class Scheduler:
                 executor.shutdown(cancel=True)
         finally:
             self.state.update_files(self.rebuilder.files.take_dirty())
+            self.state.update_code(self.rebuilder.code.new_cache)
             if not interrupted:
                 for executor in self._executors.values():
                     executor.shutdown()
@@ -207,8 +208,8 @@ class Scheduler:
         }
         try:
             parts, problems = self.rebuilder.parts(task, self.graph.args[task.id], upstream)
-        except Exception as error:  # an argument that cannot be pickled, a plugin's extra
-            self._finish(TaskReport(task, FAILED, ["its key cannot be computed"], error=f"{type(error).__name__}: {error}"))
+        except TaskKeyError as error:  # an argument that cannot be pickled, a plugin's extra
+            self._finish(TaskReport(task, FAILED, ["its key cannot be computed"], error=f"{task.id}: {error}"))
             self._stopping = not self.options.keep_going
             return None
         if problems:

@@ -171,7 +171,7 @@ class Session:
             self.config.root,
             state,
             FileDigests(state.files, self.hasher),
-            CodeTracker(self.config.root, self.project_packages()),
+            CodeTracker(self.config.root, self.project_packages(), state.code),
             self.serializer,
             self.hasher,
             self.hook.cpbuild_key_extras,

@@ -10,8 +10,10 @@ One SQLite database (WAL mode) in the cache folder, ``state.db``, with three tab
 ``files``    the stat cache: path -> (device, inode, size, mtime_ns, digest). A file whose stat is
              unchanged is not read again.
 
+``code``     the code cache: analyses of functions and classes by file, size and mtime
+             (``cpbuild.fingerprint.CodeTracker``), so unchanged files are not parsed again.
 ``snapshot`` one row: ``latest`` joined with ``records`` (without the bulky key parts) and
-             ``files``, marshalled into one blob, with the ``generation`` it reflects.
+             ``files`` and ``code``, marshalled into one blob, with the ``generation`` it reflects.
 
 Every write transaction bumps ``meta.generation``. A build loads the snapshot in one read when
 its generation is current (the usual case), and falls back to reading the tables when it is
@@ -29,7 +31,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS records (
@@ -45,6 +47,7 @@ CREATE TABLE IF NOT EXISTS latest (task TEXT PRIMARY KEY, key TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER, mtime_ns INTEGER, digest TEXT
 );
+CREATE TABLE IF NOT EXISTS code (key TEXT PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL);
 INSERT OR IGNORE INTO meta VALUES (0, 0);
 CREATE TABLE IF NOT EXISTS snapshot (
@@ -80,12 +83,13 @@ class State:
         if version != SCHEMA_VERSION:
             self._db.executescript(
                 "DROP TABLE IF EXISTS records; DROP TABLE IF EXISTS latest; DROP TABLE IF EXISTS files;"
-                "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS snapshot;"
+                "DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS snapshot; DROP TABLE IF EXISTS code;"
             )
             self._db.executescript(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self.latest: dict[str, Record] = {}
         self.files: dict[str, StatEntry] = {}
+        self.code: dict[str, Any] = {}
         self._snapshot_generation = -1
         self._bumped = False
         self._load()
@@ -96,7 +100,7 @@ class State:
         ).fetchone()
         self.generation = row[0]
         if row[1] == row[0]:
-            latest, self.files = marshal.loads(row[2])
+            latest, self.files, self.code = marshal.loads(row[2])
             self.latest = {task: Record(*fields) for task, fields in latest.items()}
             self._snapshot_generation = row[1]
             return
@@ -110,6 +114,7 @@ class State:
             for key, task, value, products, duration in rows
         }
         self.files = {row[0]: tuple(row[1:]) for row in self._db.execute("SELECT * FROM files")}
+        self.code = {key: loads(data) for key, data in self._db.execute("SELECT * FROM code")}
 
     def find(self, key: str) -> Record | None:
         """The record of ``key`` if it was ever built (for keys that are not the latest)."""
@@ -159,6 +164,17 @@ class State:
             self._write_files(files)
         self.files.update(files)
 
+    def update_code(self, entries: dict[str, Any]) -> None:
+        """Remember new analyses for the code cache (see ``CodeTracker``)."""
+        if not entries:
+            return
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR REPLACE INTO code VALUES (?, ?)",
+                ((key, marshal.dumps(value)) for key, value in entries.items()),
+            )
+        self.code.update(entries)
+
     def forget(self, tasks: Iterable[str]) -> None:
         """Drop the latest pointers of ``tasks`` (``--clean``); their records stay as history."""
         tasks = list(tasks)
@@ -183,7 +199,8 @@ class State:
         """Write the snapshot if this process changed anything, then close."""
         generation = self._db.execute("SELECT generation FROM meta").fetchone()[0]
         if generation != self._snapshot_generation:
-            data = marshal.dumps(({task: tuple(r) for task, r in self.latest.items()}, self.files))
+            latest = {task: tuple(r) for task, r in self.latest.items()}
+            data = marshal.dumps((latest, self.files, self.code))
             self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (0, ?, ?)", (generation, data))
         self._db.close()
 

@@ -327,3 +327,26 @@ def test_return_to_earlier_code_reruns_nothing_for_value_tasks(project):
     edit(project, "helpers.py", "return x * 4", "return x * 2")
     assert project.run().ran == {"report"}
     assert project.read("build/report.txt") == "total=36\n"
+
+
+def age(project, *relpaths, seconds=60):
+    """Make files look old, so that cpbuild remembers what it read from them (it does not
+    remember files modified within the last 100 ms, which could change again unseen)."""
+    for relpath in relpaths:
+        path = project.path / relpath
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - seconds * 1_000_000_000))
+
+
+def test_remembered_code_analyses_are_dropped_when_a_file_changes(project):
+    make_pipeline(project)
+    age(project, "task_pipeline.py", "helpers.py", "data.txt")
+    assert project.run().ran == ALL
+    assert project.run().ran == set(), "second build: analyses come from the code cache"
+    edit(project, "helpers.py", "return x * 2", "return x * 3")
+    assert project.run().ran == ALL - {"raw"}
+    age(project, "helpers.py")
+    edit(project, "task_pipeline.py", "return sum(scaled) * FACTOR", "return sum(scaled) * FACTOR + 1")
+    age(project, "task_pipeline.py")
+    assert project.run().ran == {"total", "report"}
+    assert project.run().ran == set()

@@ -397,8 +397,8 @@ def test_restart_cancels_the_running_task_and_starts_again(project, start, tmp_p
     watcher.wait_ran(1)
     data.write_text("v2\n")
     watcher.wait_ran(2)
+    watcher.wait_for(lambda: "cpbuild: change: data.txt" in watcher.output, "the restarted cycle")
     assert "starting again" in watcher.output, watcher.output
-    assert "cpbuild: change: data.txt" in watcher.output
     (tmp_path / "gate").write_text("open")
     watcher.wait_cycles(2)
     assert watcher.ran() == ["slow:v1", "slow:v2"], watcher.output
