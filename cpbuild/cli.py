@@ -143,6 +143,7 @@ def _error_lines(title: str, errors: list[str]) -> None:
 
 def _main(argv: list[str]) -> ExitCode:
     from cpbuild.config import build_config, read_config
+    from cpbuild.environment import Environment
     from cpbuild.plugins import make_plugin_manager
 
     requested, directory = _early(argv)
@@ -157,10 +158,14 @@ def _main(argv: list[str]) -> ExitCode:
     for folder in (root / "src", root):  # DESIGN §3 rule 3: the project root is importable
         if folder.is_dir() and str(folder) not in sys.path:
             sys.path.insert(0, str(folder))
+    cache_dir = table.get("cache_dir", ".cpbuild")
+    environment = Environment(root / (cache_dir if isinstance(cache_dir, str) else ".cpbuild") / "environment", root)
     config_plugins = table.get("plugins", [])
-    pm = make_plugin_manager(requested, config_plugins if isinstance(config_plugins, list) else [])
+    pm = make_plugin_manager(
+        requested, config_plugins if isinstance(config_plugins, list) else [], environment
+    )
     if "--version" in argv:
-        return _version(pm)
+        return _version(pm, environment)
     parser = build_parser()
     pm.hook.cpbuild_addoption(parser=parser)
     options = parser.parse_args(argv)
@@ -179,21 +184,24 @@ def _main(argv: list[str]) -> ExitCode:
         config.queues[name] = int(limit)
     pm.hook.cpbuild_configure.call_historic(kwargs={"config": config, "options": options})
     os.chdir(config.root)  # tasks see the project root as their working directory
-    return _run(config, options, pm, directory.resolve())
+    try:
+        return _run(config, options, pm, directory.resolve(), environment)
+    finally:
+        environment.save()
 
 
-def _version(pm: Any) -> ExitCode:
+def _version(pm: Any, environment: Any) -> ExitCode:
     from cpbuild import __version__
     from cpbuild.plugins import plugin_versions
 
     print(f"cpbuild {__version__} (Python {sys.version.split()[0]})")
     print("plugins:")
-    for name, version in plugin_versions(pm):
+    for name, version in plugin_versions(pm, environment):
         print(f"  {name}: {version}")
     return ExitCode.OK
 
 
-def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path) -> ExitCode:
+def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path, environment: Any) -> ExitCode:
     from cpbuild.lock import BuildLock
     from cpbuild.session import Session
 
@@ -206,7 +214,7 @@ def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path) -> ExitCo
             return watch(config, options, pm, cwd)
         finally:
             lock.release()
-    session = Session(config, options, pm, cwd)
+    session = Session(config, options, pm, cwd, environment)
     try:
         return run_once(session, lock)
     finally:

@@ -227,7 +227,9 @@ def _annotation_metadata(function: Callable[..., Any], name: str) -> tuple[Any, 
 _Signature = tuple[tuple[str, bool, str | None, int | None, bool], ...]
 
 
-def _signature(function: types.FunctionType, cache: dict[Any, _Signature]) -> _Signature:
+def _signature(
+    function: types.FunctionType, cache: dict[Any, tuple[_Signature, frozenset[str]]]
+) -> tuple[_Signature, frozenset[str]]:
     """Parameters read from the code object, because ``inspect.signature`` costs more than the
     rest of collecting a task. Defaults are looked up per function object by the caller."""
     code = function.__code__
@@ -244,71 +246,76 @@ def _signature(function: types.FunctionType, cache: dict[Any, _Signature]) -> _S
         needs = next((m.target for m in metadata if isinstance(m, Needs)), None)
         positional_default = i - offset if offset <= i < len(positional) else None
         result.append((name, is_product, needs, positional_default, i >= len(positional)))
-    cache[code] = signature = tuple(result)
-    return signature
+    cache[code] = entry = (tuple(result), frozenset((*positional, *keyword_only)))
+    return entry
 
 
 def _make_task(
     declaration: Declaration, task_id: str, name: str, base: str, path: Path, cache: dict[Any, Any]
 ) -> Task:
+    """Bind each parameter (DESIGN §3 rule 2). Runs once per task on every build: kept lean."""
     function = declaration.function
     options = declaration.options
     if not isinstance(function, types.FunctionType):
         raise CollectionError(f"{task_id}: a task must be a plain function, not {type(function).__name__}")
     folder = str(path.parent) + os.sep
-    normpath, fspath = os.path.normpath, os.fspath
+    normpath, fspath, sep = os.path.normpath, os.fspath, os.sep
 
     def absolute(p: Path) -> str:
         text = fspath(p)
-        if text[:1] == os.sep:
+        if text[:1] == sep:
             return normpath(text)
-        if text[:1] == "." or "/." in text or "//" in text or text[-1:] == os.sep:
+        if text[:1] == "." or "/." in text or "//" in text or text[-1:] == sep:
             return normpath(folder + text)
         return folder + text  # already normal: skip normpath, the common case
 
-    signature = _signature(function, cache)
-    if options.kwargs:
-        names = {entry[0] for entry in signature}
-        unknown = sorted(set(options.kwargs) - names)
-        if unknown:
-            raise CollectionError(
-                f"{task_id}: @task(kwargs=...) names {', '.join(map(repr, unknown))}, which "
-                f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
-                f"{function.__name__}({', '.join(sorted(names))})"
-            )
+    signature, names = _signature(function, cache)
+    kwargs = options.kwargs
+    if kwargs and not kwargs.keys() <= names:
+        unknown = sorted(set(kwargs) - names)
+        raise CollectionError(
+            f"{task_id}: @task(kwargs=...) names {', '.join(map(repr, unknown))}, which "
+            f"{'is not a parameter' if len(unknown) == 1 else 'are not parameters'} of "
+            f"{function.__name__}({', '.join(sorted(names))})"
+        )
     defaults = function.__defaults__ or ()
     kwdefaults = function.__kwdefaults__ or {}
     params: list[Param] = []
+    inputs: list[str] = []
+    products: list[str] = []
     for pname, is_product, needs, default_index, keyword_only in signature:
-        if keyword_only:
-            has_default, default = pname in kwdefaults, kwdefaults.get(pname)
+        if pname in kwargs:
+            value, has_default, given = kwargs[pname], True, True
+        elif keyword_only:
+            value, has_default, given = kwdefaults.get(pname), pname in kwdefaults, False
+        elif default_index is not None:
+            value, has_default, given = defaults[default_index], True, False
         else:
-            has_default = default_index is not None
-            default = defaults[default_index] if default_index is not None else None
-        if pname in options.kwargs:
-            value = options.kwargs[pname]
-            if is_product or is_path_structure(value):
-                kind = ParamKind.PRODUCT if is_product else ParamKind.INPUT
-                if not is_path_structure(value):
-                    raise CollectionError(f"{task_id}: product parameter '{pname}' must be a Path or a list/dict of Paths, got {value!r}")
-                params.append(Param(pname, kind, map_paths(value, absolute)))
-            else:
-                params.append(Param(pname, ParamKind.ARG, value, True))
-            continue
+            value, has_default, given = None, False, False
+        paths = has_default and (type(value) is not str) and is_path_structure(value)
         if is_product:
-            if not has_default or not is_path_structure(default):
+            if not paths:
+                where = "in @task(kwargs=...)" if given else "as its default"
                 raise CollectionError(
-                    f"{task_id}: product parameter '{pname}' needs a Path default "
-                    f"(or a value in @task(kwargs=...)), got {default!r}"
+                    f"{task_id}: product parameter '{pname}' needs a Path or a list/dict of "
+                    f"Paths {where}, got {value!r}"
                 )
-            params.append(Param(pname, ParamKind.PRODUCT, map_paths(default, absolute)))
-        elif has_default and is_path_structure(default):
-            params.append(Param(pname, ParamKind.INPUT, map_paths(default, absolute)))
+            value = map_paths(value, absolute)
+            products.extend(leaves(value))
+            params.append(Param(pname, ParamKind.PRODUCT, value))
+        elif paths:
+            value = map_paths(value, absolute)
+            inputs.extend(leaves(value))
+            params.append(Param(pname, ParamKind.INPUT, value))
+        elif given:
+            params.append(Param(pname, ParamKind.ARG, value, True))
         elif needs is not None:
             params.append(Param(pname, ParamKind.VALUE, needs))
         else:
-            params.append(Param(pname, ParamKind.NAME, default, has_default))
-    markers = [*getattr(function, MARKERS, ()), *(Mark(m) for m in options.markers)]
+            params.append(Param(pname, ParamKind.NAME, value, has_default))
+    markers: list[Mark] = list(getattr(function, MARKERS, ()))
+    if options.markers:
+        markers.extend(Mark(m) for m in options.markers)
     return Task(
         id=task_id,
         name=name,
@@ -317,10 +324,10 @@ def _make_task(
         function=function,
         params=tuple(params),
         options=options,
-        markers=frozenset(m.name for m in markers),
+        markers=frozenset(m.name for m in markers) if markers else frozenset(),
         skip_reason=_skip_reason(markers) if markers else None,
-        input_files=tuple(f for p in params if p.kind is ParamKind.INPUT for f in leaves(p.value)),
-        product_files=tuple(f for p in params if p.kind is ParamKind.PRODUCT for f in leaves(p.value)),
+        input_files=tuple(inputs),
+        product_files=tuple(products),
     )
 
 

@@ -66,12 +66,18 @@ class CodeTracker:
         root: Path,
         project_packages: frozenset[str] = frozenset(),
         cache: dict[str, Any] | None = None,
+        library_version: Callable[[str], str] | None = None,
     ) -> None:
         self.root = root.resolve()
         self.project_packages = project_packages
         #: Persistent analyses: "file\0what" -> (size, mtime_ns, analysis); see _persistent.
         self.cache: dict[str, Any] = cache if cache is not None else {}
         self.new_cache: dict[str, Any] = {}
+        if library_version is None:
+            from cpbuild.environment import Environment
+
+            library_version = Environment(None).library_version
+        self.library_version = library_version
         self._stats: dict[str, tuple[int, int]] = {}
         self._files: dict[str, Any] = {}
         self._analyses: dict[Any, Any] = {}
@@ -79,8 +85,6 @@ class CodeTracker:
         self._task_codes: dict[Any, tuple[dict[str, str], str]] = {}
         self._in_progress: set[int] = set()
         self._project_file: dict[str, str | None] = {}
-        self._library_versions: dict[str, str] = {}
-        self._distributions: dict[str, list[str]] | None = None
 
     # -- public -----------------------------------------------------------------------------
 
@@ -326,30 +330,7 @@ class CodeTracker:
         top = module_name.partition(".")[0]
         if top in sys.stdlib_module_names or top in ("builtins", "__main__", "cpbuild"):
             return  # the Python version is part of every key already
-        version = self._library_versions.get(top)
-        if version is None:
-            version = self._library_versions[top] = self._distribution_version(top)
-        yield f"{LIBRARY} {top}", version
-
-    def _distribution_version(self, top: str) -> str:
-        import importlib.metadata as metadata
-
-        try:
-            return metadata.version(top)
-        except metadata.PackageNotFoundError:
-            pass
-        if self._distributions is None:
-            self._distributions = metadata.packages_distributions()
-        versions = []
-        for distribution in self._distributions.get(top, ()):
-            try:
-                versions.append(f"{distribution} {metadata.version(distribution)}")
-            except metadata.PackageNotFoundError:
-                continue
-        if versions:
-            return ", ".join(sorted(versions))
-        module = sys.modules.get(top)
-        return str(getattr(module, "__version__", "unknown version"))
+        yield f"{LIBRARY} {top}", self.library_version(top)
 
 
 _MISSING = object()

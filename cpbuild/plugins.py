@@ -12,6 +12,7 @@ from collections.abc import Iterable
 import pluggy
 
 from cpbuild import hookspecs
+from cpbuild.environment import Environment
 from cpbuild.errors import UsageError
 
 #: name -> "module:attribute" of the built-in plugins. The attribute is instantiated if it
@@ -40,9 +41,15 @@ def _load(spec: str) -> object:
 
 
 def make_plugin_manager(
-    requested: Iterable[str] = (), config_plugins: Iterable[str] = ()
+    requested: Iterable[str] = (),
+    config_plugins: Iterable[str] = (),
+    environment: Environment | None = None,
 ) -> pluggy.PluginManager:
-    """Create the manager with built-ins, entry points, config plugins and ``-p`` plugins."""
+    """Create the manager with built-ins, entry points, config plugins and ``-p`` plugins.
+
+    Entry points are listed by ``environment`` (cached between runs) rather than by pluggy's
+    ``load_setuptools_entrypoints``, which scans every installed distribution on every run.
+    """
     pm = pluggy.PluginManager("cpbuild")
     pm.add_hookspecs(hookspecs)
     requested = list(requested)
@@ -52,10 +59,17 @@ def make_plugin_manager(
     for name, spec in BUILTIN_PLUGINS.items():
         if not pm.is_blocked(name):
             pm.register(_load(spec), name=name)
-    try:
-        pm.load_setuptools_entrypoints("cpbuild")
-    except Exception as error:  # a broken third-party package must not look like our bug
-        raise UsageError(f"a plugin from the 'cpbuild' entry point group failed to load: {error!r}") from None
+    environment = environment or Environment(None)
+    for name, value, dist, version in environment.plugin_entry_points("cpbuild"):
+        if pm.is_blocked(name) or pm.has_plugin(name):
+            continue
+        try:
+            plugin = _load(value) if ":" in value else importlib.import_module(value)
+        except Exception as error:  # a broken third-party package must not look like our bug
+            raise UsageError(
+                f"plugin '{name}' (entry point of {dist} {version}) failed to load: {error!r}"
+            ) from None
+        pm.register(plugin, name=name)
     for name in [*config_plugins, *(n for n in requested if not n.startswith("no:"))]:
         if pm.is_blocked(name) or pm.has_plugin(name) or pm.get_plugin(name):
             continue
@@ -66,18 +80,19 @@ def make_plugin_manager(
     return pm
 
 
-def plugin_versions(pm: pluggy.PluginManager) -> list[tuple[str, str]]:
+def plugin_versions(pm: pluggy.PluginManager, environment: Environment) -> list[tuple[str, str]]:
     """(name, version) of every registered plugin, for ``--version``."""
     from cpbuild import __version__
 
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    distributions = {
+        name: f"{dist} {version}" for name, _, dist, version in environment.plugin_entry_points()
+    }
     result = []
     for name, plugin in pm.list_name_plugin():
         if plugin is None:
             continue
-        dist = dists.get(id(plugin))
-        if dist is not None:
-            version = f"{dist.project_name} {dist.version}"
+        if name in distributions:
+            version = distributions[name]
         elif name in BUILTIN_PLUGINS:
             version = f"built-in {__version__}"
         else:

@@ -16,6 +16,7 @@ import pluggy
 
 from cpbuild.collect import find_files
 from cpbuild.config import Config
+from cpbuild.environment import Environment
 from cpbuild.errors import CollectionError, UsageError
 from cpbuild.fingerprint import CodeTracker
 from cpbuild.graph import Graph
@@ -27,9 +28,15 @@ from cpbuild.state import State
 
 class Session:
     def __init__(
-        self, config: Config, options: argparse.Namespace, pm: pluggy.PluginManager, cwd: Path
+        self,
+        config: Config,
+        options: argparse.Namespace,
+        pm: pluggy.PluginManager,
+        cwd: Path,
+        environment: Environment | None = None,
     ) -> None:
         self.config = config
+        self.environment = environment or Environment(None)
         self.options = options
         self.pm = pm
         self.hook = pm.hook
@@ -171,7 +178,9 @@ class Session:
             self.config.root,
             state,
             FileDigests(state.files, self.hasher),
-            CodeTracker(self.config.root, self.project_packages(), state.code),
+            CodeTracker(
+                self.config.root, self.project_packages(), state.code, self.environment.library_version
+            ),
             self.serializer,
             self.hasher,
             self.hook.cpbuild_key_extras,

@@ -125,7 +125,9 @@ class Seen(NamedTuple):
 
 #: Baseline of a file that may have changed since the cycle read it: any event is a change.
 UNKNOWN = "unknown"
-Baseline = Seen | None | str  # None: the file did not exist
+#: No baseline: a file the last cycle did not know (a new task file, say).
+ABSENT = "absent"
+Baseline = Seen | None | str  # None: the file did not exist; else UNKNOWN or ABSENT
 
 
 @dataclass(frozen=True)
@@ -385,6 +387,9 @@ class _Plugin:
 
 
 class Watcher:
+    """One ``cpbuild --watch``: the cycles (main thread), the coordinator (debounce, content
+    checks, ``--restart``) and the observer. ``run`` returns when Ctrl-C or SIGTERM arrives."""
+
     def __init__(
         self,
         config: Any,
@@ -455,11 +460,13 @@ class Watcher:
         is_dir = event.is_directory
         with self._lock:
             was_empty = not self._raw
+            added = False
             for raw in paths:
                 path = os.fsdecode(raw)
                 if path and not self._ignored(path, is_dir):
                     self._raw[path] = self._raw.get(path, False) or is_dir
-            if self._raw:
+                    added = True
+            if added:
                 now = time.monotonic()
                 if was_empty:
                     self._first_event = now
@@ -564,16 +571,16 @@ class Watcher:
 
     def _confirm(self, path: str) -> bool:
         """True when ``path``'s content differs from what the last cycle used."""
-        base = self.baselines.get(path, "absent")
+        base = self.baselines.get(path, ABSENT)
         current = self._current(path, base)
-        if base == "absent" or base is None:
+        if base == ABSENT or base is None:
             changed = current is not None
         elif base == UNKNOWN:
             changed = True
         else:
             assert isinstance(base, Seen)
             changed = current is None or current.digest != base.digest
-        if changed or base != "absent":
+        if changed or base != ABSENT:
             self.baselines[path] = current
         return changed
 
