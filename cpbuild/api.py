@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,13 +85,13 @@ class _MarkGenerator:
 mark = _MarkGenerator()
 
 
-@dataclass(frozen=True)
-class TaskOptions:
-    """Everything ``@task(...)`` accepts (DESIGN §3 rule 4)."""
+class TaskOptions(NamedTuple):
+    """Everything ``@task(...)`` accepts (DESIGN §3 rule 4). A tuple rather than a frozen
+    dataclass: a loop may declare thousands of tasks, and this is built for each."""
 
     name: str | None = None
     id: str | None = None
-    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    kwargs: Mapping[str, Any] = MappingProxyType({})
     after: tuple[str, ...] = ()
     queue: str | None = None
     executor: str | None = None
@@ -103,8 +104,7 @@ class TaskOptions:
     capture: bool = True
 
 
-@dataclass(frozen=True)
-class Declaration:
+class Declaration(NamedTuple):
     """One ``@task`` application: the function and its options, in declaration order."""
 
     function: Callable[..., Any]

@@ -166,12 +166,16 @@ class Rebuilder:
 
     @staticmethod
     def key(parts: dict[str, Any]) -> str:
+        """The digest of the parts, independent of the order in which they were declared."""
         lines = [f"python={parts['python']}", f"code={parts['code_digest']}"]
         for section in ("args", "inputs", "upstream", "extras"):
-            for name, value in sorted(parts[section].items()):
-                token = value[0] if section == "args" else value
-                lines.append(f"{section}:{name}={token}")
-        lines.extend(f"product:{p}" for p in parts["products"])
+            entries = parts[section]
+            if entries:
+                if section == "args":
+                    lines += [f"args:{n}={entries[n][0]}" for n in sorted(entries)]
+                else:
+                    lines += [f"{section}:{n}={entries[n]}" for n in sorted(entries)]
+        lines += [f"product:{p}" for p in parts["products"]]
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     # -- decisions ----------------------------------------------------------------------------

@@ -73,9 +73,10 @@ POLL_INTERVAL = 0.5
 #: A file whose mtime is this close to the moment its digest was taken may change again without
 #: its stat changing (coarse file-system clocks): it is hashed again rather than trusted.
 RACY_NS = 100_000_000
-#: A module file modified this shortly before a cycle started (or later) may have been imported
-#: with other contents than it has now: it counts as changed at its next event.
-RECENT_NS = 10_000_000
+#: A file modified this shortly before a cycle started (or later) may have been read by the
+#: cycle with other contents than it has now: it counts as changed at its next event. (Linux
+#: stamps files with a clock that may lag by a scheduler tick, up to 10 ms.)
+RECENT_NS = 20_000_000
 #: Setting this environment variable to 1 makes the watch poll instead of using inotify (for
 #: file systems without change notifications: NFS, some container bind mounts).
 POLL_ENVIRONMENT = "CPBUILD_WATCH_POLL"
@@ -701,11 +702,13 @@ class Watcher:
         for path in view.inputs | view.python | ({view.config} if view.config else set()):
             entry = entries.get(path) if path in view.inputs else None
             if entry is not None:  # the digest this build's keys used
-                baselines[path] = Seen(*entry, now)
-                continue
-            current = self._current(path, old.get(path))
+                current: Seen | None = Seen(*entry, now)
+            else:
+                current = self._current(path, old.get(path))
             if current is not None and current.mtime_ns >= recent:
-                baselines[path] = UNKNOWN  # written during the cycle: perhaps after its import
+                # Written during the cycle: a module perhaps after its import, an input perhaps
+                # between the keys of two tasks that read it. Its next event is a change.
+                baselines[path] = UNKNOWN
             else:
                 baselines[path] = current
         if view.failed:
