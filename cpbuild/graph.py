@@ -7,7 +7,6 @@ walk the graph (a no-op build must not pay for importing it); it is used to expo
 from __future__ import annotations
 
 import difflib
-import graphlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -141,13 +140,34 @@ class Graph:
         return errors
 
     def _cycles(self) -> list[str]:
-        sorter = graphlib.TopologicalSorter(self.upstream)
-        try:
-            sorter.prepare()
-        except graphlib.CycleError as error:
-            cycle = error.args[1]
-            return ["dependency cycle: " + " -> ".join(self.tasks[i].name for i in reversed(cycle))]
-        return []
+        """Kahn's algorithm: if some task never becomes ready, there is a cycle; only then is
+        one found and named (graphlib does that search up front, at ten times the cost)."""
+        pending = {i: len(up) for i, up in self.upstream.items()}
+        ready = [i for i, n in pending.items() if n == 0]
+        settled = 0
+        while ready:
+            current = ready.pop()
+            settled += 1
+            for down in self.downstream.get(current, ()):
+                pending[down] -= 1
+                if pending[down] == 0:
+                    ready.append(down)
+        if settled == len(pending):
+            return []
+        cycle = self._find_cycle({i for i, n in pending.items() if n > 0})
+        return ["dependency cycle: " + " -> ".join(self.tasks[i].name for i in cycle)]
+
+    def _find_cycle(self, stuck: set[str]) -> list[str]:
+        """Walk upstream among tasks that never became ready until a task repeats."""
+        current = next(iter(sorted(stuck, key=self.order.__getitem__)))
+        path: list[str] = []
+        seen: dict[str, int] = {}
+        while current not in seen:
+            seen[current] = len(path)
+            path.append(current)
+            current = next(u for u in self.upstream[current] if u in stuck)
+        cycle = path[seen[current] :] + [current]
+        return cycle[::-1]  # upstream first, as the edges run
 
     # -- selection ----------------------------------------------------------------------------
 
