@@ -350,3 +350,15 @@ def test_remembered_code_analyses_are_dropped_when_a_file_changes(project):
     age(project, "task_pipeline.py")
     assert project.run().ran == {"total", "report"}
     assert project.run().ran == set()
+
+
+def test_memory_storage_reruns_producers_whose_values_are_needed_again(project):
+    project.write("cpbuild.toml", 'storage = "memory"\n')
+    make_pipeline(project)
+    assert project.run().ran == ALL
+    # Records survive in the state database, values do not survive the process: a task
+    # whose value another selected task consumes reruns to provide it; the others do not.
+    second = project.run("-v")
+    assert second.exit_code == 0, second
+    assert second.ran == {"raw", "scaled", "total"}
+    assert "its value is missing from the store" in second.stdout
