@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--queue", dest="queues", action="append", default=[], metavar="NAME=N",
         help="run at most N tasks of queue NAME at once (repeatable; overrides [queues])")
     add("--log", metavar="TASK", help="print the output of TASK's last run")
+    add("--graph", choices=("mermaid", "dot", "json", "html"), metavar="FORMAT",
+        help="print the selected tasks' graph as mermaid, dot, json (node-link) or html")
     add("--no-wait", action="store_true", help="fail instead of waiting when another cpbuild holds the project")
     add("-s", dest="no_capture", action="store_true", help="do not capture the tasks' output")
     add("-v", "--verbose", action="count", default=0, help="more output (repeatable)")
@@ -122,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(error.exit_code)
     except KeyboardInterrupt:
         print("cpbuild: interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # The reader of our output went away (cpbuild --list | head): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(ExitCode.INTERRUPTED)
     except Exception:
         import traceback
@@ -250,6 +256,11 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
             lock.acquire(wait=not options.no_wait)
         return _clean(session, targets)
     ids = session.selection(targets)
+    if options.graph:
+        from cpbuild.export import render
+
+        print(render(session.graph, ids, options.graph))
+        return ExitCode.OK
     session.check_executor(ids)
     if lock is not None:
         lock.acquire(wait=not options.no_wait)

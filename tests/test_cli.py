@@ -566,3 +566,34 @@ def test_thread_executor_runs_independent_tasks_at_once(project):
     result = project.run("--executor", "thread", "-j", "2")
     assert result.exit_code == 0, result
     assert result.ran == {"left", "right"}
+
+
+def test_graph_export_formats(project):
+    project.write(
+        "task_g.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+
+        def task_raw() -> int:
+            return 1
+
+        def task_out(raw: int, out: Annotated[Path, Product] = Path("out.txt")) -> None:
+            out.write_text(str(raw))
+
+        def task_read(src: Path = Path("out.txt")) -> str:
+            return src.read_text()
+        """,
+    )
+    import json
+
+    data = json.loads(project.run("--graph", "json").stdout)
+    edges = {(e["source"].split("::")[1], e["target"].split("::")[1], e["kind"]) for e in data["edges"]}
+    assert edges == {("raw", "out", "value"), ("out", "read", "file or order")}
+    mermaid = project.run("--graph", "mermaid").stdout
+    assert mermaid.startswith("flowchart LR") and "-.->" in mermaid and "-->" in mermaid
+    dot = project.run("--graph", "dot").stdout
+    assert dot.startswith("digraph cpbuild") and '[label="read"]' in dot
+    assert "<pre class=\"mermaid\">" in project.run("--graph", "html").stdout
+    assert not (project.path / "out.txt").exists(), "exporting the graph runs nothing"
