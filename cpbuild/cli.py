@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--queue", dest="queues", action="append", default=[], metavar="NAME=N",
         help="run at most N tasks of queue NAME at once (repeatable; overrides [queues])")
     add("--log", metavar="TASK", help="print the output of TASK's last run")
+    add("--profile", action="store_true", help="after the build, show where cpbuild's time went and the slowest tasks")
     add("--graph", choices=("mermaid", "dot", "json", "html"), metavar="FORMAT",
         help="print the selected tasks' graph as mermaid, dot, json (node-link) or html")
     add("--no-wait", action="store_true", help="fail instead of waiting when another cpbuild holds the project")
@@ -234,7 +235,9 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
     from cpbuild.scheduler import BuildOptions
 
     options, config, cwd = session.options, session.config, session.cwd
+    started = time.perf_counter()
     session.collect()
+    collected = time.perf_counter()
     assert session.graph is not None
     if not session.graph.tasks:
         print(f"cpbuild: no tasks collected under {config.root} (paths: "
@@ -277,7 +280,10 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
         session.mode = "why"
     elif options.dry_run:
         session.mode = "dry-run"
+    selected = time.perf_counter()
     summary = session.build(ids, build_options)
+    if options.profile:
+        _print_profile(summary, collected - started, selected - collected)
     if options.list:
         _print_list(summary)
     elif options.why:
@@ -286,6 +292,17 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
         _write_json_report(Path(cwd, options.json_report), summary)
     session.last_summary = summary
     return summary.exit_code
+
+
+def _print_profile(summary: Any, collecting: float, selecting: float) -> None:
+    """``--profile``: cpbuild's own phases, then the tasks that took longest."""
+    ran = sum(r.duration for r in summary.reports)
+    print(f"cpbuild profile: collect {collecting * 1000:.0f} ms, select {selecting * 1000:.0f} ms, "
+          f"build {summary.duration * 1000:.0f} ms ({ran:.2f} s inside tasks, "
+          f"{len(summary.reports)} tasks, {sum(1 for r in summary.reports if r.duration)} ran)")
+    slowest = sorted((r for r in summary.reports if r.duration), key=lambda r: -r.duration)[:10]
+    for report in slowest:
+        print(f"  {report.duration:8.3f} s  {report.task.id}")
 
 
 def _print_list(summary: Any) -> None:

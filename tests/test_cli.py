@@ -597,3 +597,23 @@ def test_graph_export_formats(project):
     assert dot.startswith("digraph cpbuild") and '[label="read"]' in dot
     assert "<pre class=\"mermaid\">" in project.run("--graph", "html").stdout
     assert not (project.path / "out.txt").exists(), "exporting the graph runs nothing"
+
+
+def test_profile_shows_phases_and_the_slowest_tasks(project):
+    project.write(
+        "task_p.py",
+        """
+        import time
+
+        def task_slow() -> None:
+            time.sleep(0.2)
+
+        def task_quick() -> None:
+            pass
+        """,
+    )
+    result = project.run("--profile")
+    assert result.exit_code == 0, result
+    lines = result.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("cpbuild profile: collect"))
+    assert "task_p.py::slow" in lines[header + 1], "the slowest task comes first"
