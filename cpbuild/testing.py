@@ -1,0 +1,105 @@
+"""Testing cpbuild projects and plugins: the ``project`` fixture, as pytest's ``pytester``.
+
+A test writes a project into a temporary folder, runs the real ``cpbuild`` CLI on it in a
+subprocess, and sees which tasks ran::
+
+    pytest_plugins = ["cpbuild.testing"]
+
+    def test_rebuild(project):
+        project.write("task_a.py", "from ranlog import ran\n\ndef task_a():\n    ran('a')\n")
+        assert project.run().ran == {"a"}
+        assert project.run().ran == set()
+
+Tasks count their executions by calling ``ran("name")`` from the ``ranlog`` helper module the
+fixture writes; it appends to a log file named by an environment variable (so the log's
+location is not part of any key). ``result.ran`` is the set of names logged during that run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+RANLOG = '''\
+import os
+
+
+def ran(name):
+    """Record that a task ran (tests count executions through this file)."""
+    with open(os.environ["CPBUILD_TEST_LOG"], "a") as log:
+        log.write(name + "\\n")
+'''
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+    ran_list: list[str]
+
+    @property
+    def ran(self) -> set[str]:
+        return set(self.ran_list)
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def __repr__(self) -> str:
+        return (
+            f"Result(exit_code={self.exit_code}, ran={self.ran_list})\n"
+            f"--- stdout ---\n{self.stdout}\n--- stderr ---\n{self.stderr}"
+        )
+
+
+class Project:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.log = path.parent / f"{path.name}-runs.log"
+        self.write("ranlog.py", RANLOG)
+
+    def write(self, relpath: str, text: str) -> Path:
+        target = self.path / relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(textwrap.dedent(text))
+        return target
+
+    def read(self, relpath: str) -> str:
+        return (self.path / relpath).read_text()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["CPBUILD_TEST_LOG"] = str(self.log)
+        env.pop("PYTHONPATH", None)
+        env.update(extra)
+        return env
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "cpbuild", *args]
+
+    def run(self, *args: str, timeout: float = 120, cwd: Path | None = None, **env: str) -> Result:
+        self.log.write_text("")
+        completed = subprocess.run(
+            self.command(*args),
+            cwd=cwd or self.path,
+            env=self.env(**env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        ran = [line for line in self.log.read_text().splitlines() if line]
+        return Result(completed.returncode, completed.stdout, completed.stderr, ran)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    root = tmp_path / "project"
+    root.mkdir()
+    return Project(root)
