@@ -182,6 +182,8 @@ def _main(argv: list[str]) -> ExitCode:
         if options.jobs < 1:
             raise UsageError(f"-j {options.jobs}: the number of jobs must be at least 1")
         config.jobs = options.jobs
+    if (options.restart or options.clear) and not options.watch:
+        raise UsageError("--restart and --clear apply to --watch only")
     if options.executor:
         config.executor = options.executor
     for item in options.queues:
@@ -218,7 +220,7 @@ def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path, environme
 
         lock.acquire(wait=not options.no_wait)
         try:
-            return watch(config, options, pm, cwd)
+            return watch(config, options, pm, cwd, environment)
         finally:
             lock.release()
     session = Session(config, options, pm, cwd, environment)

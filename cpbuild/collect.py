@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import fnmatch
 import importlib
-import importlib.util
 import os
 import re
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from cpbuild import loader
 from cpbuild.api import DECLARATIONS, MARKERS, Declaration, Mark, Needs, Product, TaskOptions
 from cpbuild.errors import CollectionError
 from cpbuild.hookspecs import hookimpl
@@ -86,7 +86,7 @@ def import_task_module(path: Path, root: Path) -> types.ModuleType:
         sys.path.insert(0, folder)
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
     name = synthetic_module_name(rel)
-    spec = importlib.util.spec_from_file_location(name, path)
+    spec = loader.spec_for_file(name, str(path))
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

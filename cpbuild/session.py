@@ -14,6 +14,7 @@ from typing import Any
 
 import pluggy
 
+from cpbuild import loader
 from cpbuild.collect import find_files
 from cpbuild.config import Config
 from cpbuild.environment import Environment
@@ -129,6 +130,7 @@ class Session:
         for folder in (root / "src", root):
             if folder.is_dir() and str(folder) not in sys.path:
                 sys.path.insert(0, str(folder))
+        loader.install(str(root))
         patterns = sorted({p for ps in self.hook.cpbuild_collect_patterns() for p in ps})
         files = find_files(root, self.config.paths, patterns, skip=[self.config.cache_path])
         tasks: list[Task] = []

@@ -217,16 +217,6 @@ def purge_project_modules(root: str, keep: Iterable[Any] = ()) -> int:
     return len(names)
 
 
-def forget_bytecode(path: str) -> None:
-    """Delete the cached bytecode of an edited module. CPython validates a ``.pyc`` by the
-    source's size and mtime in whole seconds, so an edit that keeps the size within the second
-    of the previous import would otherwise run the old code under the new code's key."""
-    try:
-        os.unlink(importlib.util.cache_from_source(path))
-    except (OSError, ValueError, NotImplementedError):
-        pass
-
-
 # -- the observer ------------------------------------------------------------------------------
 
 
@@ -398,8 +388,10 @@ class Watcher:
         pm: Any,
         cwd: Path,
         out: Any = None,
+        environment: Any = None,
     ) -> None:
         self.config = config
+        self.environment = environment
         self.options = options
         self.pm = pm
         self.cwd = cwd
@@ -807,11 +799,8 @@ class Watcher:
             self._restart_sent = False
             self._restarted = False
         cycle.start_ns = time.time_ns()
-        for path in changes:
-            if path.endswith(".py"):
-                forget_bytecode(path)
         purge_project_modules(self.root, [p for p in self.pm.get_plugins() if hasattr(p, "__file__")])
-        session = Session(self.config, self.options, self.pm, self.cwd)
+        session = Session(self.config, self.options, self.pm, self.cwd, self.environment)
         if self._state is not None:
             session.state = self._state
         graph_ok = False
@@ -919,6 +908,8 @@ def _files_in(folder: str) -> list[str]:
         return []
 
 
-def watch(config: Any, options: argparse.Namespace, pm: Any, cwd: Path) -> ExitCode:
+def watch(
+    config: Any, options: argparse.Namespace, pm: Any, cwd: Path, environment: Any = None
+) -> ExitCode:
     """``cpbuild --watch``: build, then rebuild on every change until Ctrl-C (exit code 0)."""
-    return Watcher(config, options, pm, cwd).run()
+    return Watcher(config, options, pm, cwd, environment=environment).run()

@@ -362,3 +362,27 @@ def test_memory_storage_reruns_producers_whose_values_are_needed_again(project):
     assert second.exit_code == 0, second
     assert second.ran == {"raw", "scaled", "total"}
     assert "its value is missing from the store" in second.stdout
+
+
+def test_same_size_edits_within_one_second_never_run_stale_bytecode(project):
+    """CPython trusts a .pyc whose source has the same size and mtime second; cpbuild must not
+    run the old code of a helper edited and rebuilt within the same second."""
+    project.write("helpers.py", "def value():\n    return 1\n")
+    project.write(
+        "task_v.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+        from helpers import value
+
+        def task_v(out: Annotated[Path, Product] = Path("out.txt")) -> None:
+            out.write_text(str(value()))
+        """,
+    )
+    for n in (1, 2, 3, 4):
+        if n > 1:
+            edit(project, "helpers.py", f"return {n - 1}", f"return {n}")
+        result = project.run(PYTHONDONTWRITEBYTECODE="")  # let Python write .pyc files
+        assert result.exit_code == 0, result
+        assert project.read("out.txt") == str(n)
