@@ -41,9 +41,22 @@ class FileDigests:
         self.entries = dict(entries)
         self.hasher = hasher
         self.dirty: dict[str, StatEntry] = {}
+        #: Digests established during this build. A product checked as up to date is the next
+        #: task's input: it is not stat'ed twice. A task that runs refreshes its products.
+        self.known: dict[str, str] = {}
 
     def digest(self, path: str, fresh: bool = False) -> str | None:
         """The digest of ``path``, or None if it does not exist (or is not a file)."""
+        if not fresh:
+            known = self.known.get(path)
+            if known is not None:
+                return known
+        digest = self._digest(path, fresh)
+        if digest is not None:
+            self.known[path] = digest
+        return digest
+
+    def _digest(self, path: str, fresh: bool) -> str | None:
         try:
             st = os.stat(path)
         except (FileNotFoundError, NotADirectoryError):

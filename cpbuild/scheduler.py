@@ -103,6 +103,7 @@ class Scheduler:
         self._stopping = False
         self._submitting: tuple[Task, dict[str, Any]] | None = None
         self._made_dirs: set[str] = set()
+        self._task_finish = session.hook.cpbuild_task_finish
         self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
         self._would_run: set[str] = set()  # dry run: their downstream would run too
         limits = dict(session.config.queues)
@@ -361,7 +362,7 @@ class Scheduler:
             self._blocking.add(report.task.id)
         elif report.outcome == WOULD_RUN:
             self._would_run.add(report.task.id)
-        self.session.hook.cpbuild_task_finish(session=self.session, task=report.task, report=report)
+        self._task_finish(session=self.session, task=report.task, report=report)
 
 
 def _stat(path: str) -> tuple[int, int, int] | None:
