@@ -74,9 +74,11 @@ def make_plugin_manager(
         if pm.is_blocked(name) or pm.has_plugin(name) or pm.get_plugin(name):
             continue
         try:
-            pm.register(importlib.import_module(name), name=name)
+            module = importlib.import_module(name)
         except ImportError as error:
             raise UsageError(f"plugin '{name}' cannot be imported: {error}") from None
+        if not pm.is_registered(module):  # e.g. already loaded through its entry point
+            pm.register(module, name=name)
     return pm
 
 

@@ -169,10 +169,11 @@ class Scheduler:
             stopped = [(task, before) for task, _, before, _ in running.values()]
             if self._submitting is not None:
                 stopped.append(self._submitting)
-            for task, before in stopped:
-                self._delete_products(task, before)
+            # Stop the workers first: a task still running could write its product again.
             for executor in self._executors.values():
                 executor.shutdown(cancel=True)
+            for task, before in stopped:
+                self._delete_products(task, before)
         finally:
             self.state.update_files(self.rebuilder.files.take_dirty())
             self.state.update_code(self.rebuilder.code.new_cache)

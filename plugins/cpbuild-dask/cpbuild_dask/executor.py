@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import socket
 import sys
 import threading
@@ -41,6 +42,8 @@ from cpbuild.runner import Job, Outcome, run_job
 #: Seconds to wait for the client and cluster to close. Connecting waits as long as dask's
 #: ``distributed.comm.timeouts.connect`` (30 s; ``DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT``).
 CLOSE_TIMEOUT = 10
+#: Seconds to wait for a worker of the local cluster to be replaced after a crash or timeout.
+RESTART_TIMEOUT = 30
 
 
 @dataclass
@@ -75,6 +78,7 @@ class DaskExecutor:
         self._pending: dict[str, _Pending] = {}
         self._closed = False
         self._cluster: Any = None
+        self._workers = workers or jobs
         # What run_payload needs on the worker: the project's import path and working folder.
         self._init = {"root": str(self.root), "cwd": str(self.root), "sys_path": list(sys.path)}
         if address:
@@ -85,21 +89,16 @@ class DaskExecutor:
                     f"cannot connect to the dask scheduler at {address}: {error}"
                 ) from None
             return
-        import dask
-
         try:
-            # Saturation 1: a task is sent to a worker only when a thread there is free, so
-            # restarting a worker (see _timed_out) never takes queued tasks down with it.
-            with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
-                self._cluster = LocalCluster(
-                    n_workers=workers or jobs,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                    memory_limit=0,  # no per-worker memory limit, as with the process executor
-                    silence_logs=logging.CRITICAL,  # failures are reported per task instead
-                    scheduler_kwargs={"allowed_failures": 0},  # a task that kills its worker fails
-                )
+            self._cluster = LocalCluster(
+                n_workers=self._workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                memory_limit=0,  # no per-worker memory limit, as with the process executor
+                silence_logs=logging.CRITICAL,  # failures are reported per task instead
+                scheduler_kwargs={"allowed_failures": 0},  # a task that kills its worker fails
+            )
             self.client = Client(self._cluster, set_as_default=False)
         except Exception as error:
             if self._cluster is not None:
@@ -149,8 +148,27 @@ class DaskExecutor:
         """Dask's done callback (in dask's callback thread): turn the future into an Outcome."""
         with self._lock:
             pending = self._pending.get(key)
-        if pending is not None:
-            self._resolve(key, _outcome(pending.task_id, dask_future))
+        if pending is None:
+            return
+        outcome, killed = _outcome(pending.task_id, dask_future)
+        if killed and self._cluster is not None:
+            # Dask assigns a task to a busy worker while another one restarts, and such a
+            # task dies with the busy worker's next crash or restart. Hand the slot back only
+            # when the nanny has replaced the dead worker (in a thread: dask runs all done
+            # callbacks in one thread).
+            threading.Thread(
+                target=self._resolve_with_workers, args=(key, outcome), daemon=True,
+                name="cpbuild-dask-restart",
+            ).start()
+        else:
+            self._resolve(key, outcome)
+
+    def _resolve_with_workers(self, key: str, outcome: Outcome) -> None:
+        try:
+            self.client.wait_for_workers(self._workers, timeout=RESTART_TIMEOUT)
+        except Exception:  # timed out or closed: resolve anyway, the build must go on
+            pass
+        self._resolve(key, outcome)
 
     def _resolve(self, key: str, outcome: Outcome) -> None:
         with self._lock:
@@ -175,7 +193,7 @@ class DaskExecutor:
             # own cluster only: workers of a shared cluster are not ours to restart). The
             # cpbuild future is resolved only afterwards, so no next task lands there meanwhile.
             try:
-                self.client.restart_workers([worker], timeout=CLOSE_TIMEOUT * 3, raise_for_error=False)
+                self.client.restart_workers([worker], timeout=RESTART_TIMEOUT, raise_for_error=False)
             except Exception:
                 pass
             what = f"its dask worker {worker} was restarted"
@@ -218,6 +236,8 @@ class DaskExecutor:
                     pass
             for key, p in pending:
                 self._resolve(key, Outcome(False, error=f"{p.task_id} was stopped"))
+            if self._cluster is not None:
+                self._kill_local_workers()
         elif pending:
             wait_futures([p.future for _, p in pending])
         try:
@@ -235,38 +255,53 @@ class DaskExecutor:
             self._resolve(key, Outcome(False, error=f"{p.task_id} was stopped: the dask client closed"))
 
 
-def _outcome(task_id: str, dask_future: Any) -> Outcome:
-    """The Outcome of a settled dask future; never raises."""
+    def _kill_local_workers(self) -> None:
+        """Stop the local cluster's worker processes at once: closing waits seconds for each
+        busy worker otherwise, and their tasks' results are not wanted any more."""
+        try:
+            pids = [getattr(ws, "pid", None) for ws in list(self._cluster.scheduler.workers.values())]
+        except Exception:
+            return
+        for pid in pids:
+            if isinstance(pid, int) and pid > 0 and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+
+def _outcome(task_id: str, dask_future: Any) -> tuple[Outcome, bool]:
+    """The Outcome of a settled dask future, and whether its worker died; never raises."""
     try:
         if dask_future.status == "finished":
             result = dask_future.result()
             if isinstance(result, Outcome):
-                return result
-            return Outcome(False, error=f"the dask task of {task_id} returned {type(result).__name__}, not an Outcome")
+                return result, False
+            error = f"the dask task of {task_id} returned {type(result).__name__}, not an Outcome"
+            return Outcome(False, error=error), False
         if dask_future.cancelled():
-            state = getattr(dask_future, "_state", None)
-            reason = getattr(state, "exception", None)
-            return Outcome(
-                False, error=f"{task_id} was cancelled on the dask cluster" + (f": {reason}" if reason else "")
-            )
-        error = dask_future.exception()
+            reason = getattr(getattr(dask_future, "_state", None), "exception", None)
+            error = f"{task_id} was cancelled on the dask cluster" + (f": {reason}" if reason else "")
+            return Outcome(False, error=error), False
+        exception = dask_future.exception()
     except Exception as fetch_error:
-        return Outcome(
-            False,
-            error=f"the outcome of {task_id} could not be fetched from the dask cluster: "
-            f"{type(fetch_error).__name__}: {fetch_error}",
+        error = (
+            f"the outcome of {task_id} could not be fetched from the dask cluster: "
+            f"{type(fetch_error).__name__}: {fetch_error}"
         )
-    if error is None:
-        return Outcome(False, error=f"the dask task of {task_id} ended with status {dask_future.status!r}")
-    if type(error).__name__ == "KilledWorker":
-        last = getattr(getattr(error, "last_worker", None), "address", "")
-        return Outcome(
-            False,
-            error=f"the dask worker running {task_id} died{f' ({last})' if last else ''} "
-            "(dask: KilledWorker; see https://distributed.dask.org/en/stable/killed.html)",
-            worker=str(last or ""),
+        return Outcome(False, error=error), False
+    if exception is None:
+        error = f"the dask task of {task_id} ended with status {dask_future.status!r}"
+        return Outcome(False, error=error), False
+    if type(exception).__name__ == "KilledWorker":
+        last = str(getattr(getattr(exception, "last_worker", None), "address", "") or "")
+        error = (
+            f"the dask worker running {task_id} died{f' ({last})' if last else ''} "
+            "(dask: KilledWorker; see https://distributed.dask.org/en/stable/killed.html)"
         )
-    return Outcome(False, error=f"{task_id} failed inside dask: {type(error).__name__}: {error}")
+        return Outcome(False, error=error, worker=last), True
+    error = f"{task_id} failed inside dask: {type(exception).__name__}: {exception}"
+    return Outcome(False, error=error), False
 
 
 # -- the worker side ---------------------------------------------------------------------------

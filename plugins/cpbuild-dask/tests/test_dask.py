@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -199,14 +198,68 @@ def test_a_crash_or_timeout_fails_only_its_task(project):
     result = project.run("-j2", "--executor", "dask", "--keep-going", "--json-report", "report.json")
     assert time.monotonic() - start < 40, "a crash or a timeout held the build up"
     assert result.exit_code == 1, result
-    assert result.ran == {"ok", "after"}
     tasks = report(project)
+    assert result.ran == {"ok", "after"}, (result, tasks)
     assert {n: t["outcome"] for n, t in tasks.items()} == {
         "boom": "failed", "die": "failed", "slow": "failed", "ok": "ran", "after": "ran",
     }
     assert "ValueError: boom" in tasks["boom"]["error"]
     assert "dask worker running task_bad.py::die died" in tasks["die"]["error"]
     assert "timed out after 1s" in tasks["slow"]["error"]
+
+
+def test_sigint_stops_the_build_and_leaves_no_partial_product(project):
+    project.write("cpbuild.toml", "")
+    gate = project.path / "gate"
+    project.write(
+        "task_wait.py",
+        f"""
+        import time
+        from pathlib import Path
+        from typing import Annotated
+
+        from cpbuild import Product
+        from ranlog import ran
+
+
+        def task_quick(out: Annotated[Path, Product] = Path("quick.txt")) -> None:
+            ran("quick")
+            out.write_text("done")
+
+
+        def task_waits(quick: None, out: Annotated[Path, Product] = Path("partial.txt")) -> None:
+            ran("waits")
+            out.write_text("half written")
+            while not Path({str(gate)!r}).exists():
+                time.sleep(0.02)
+            out.write_text("complete")
+        """,
+    )
+    process = subprocess.Popen(
+        project.command("--executor", "dask", "-j2"),
+        cwd=project.path,
+        env=project.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    partial = project.path / "partial.txt"
+    deadline = time.monotonic() + 30
+    while not partial.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert partial.exists(), "the waiting task never started"
+    process.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 2, (stdout, stderr)
+    assert time.monotonic() - start < 5, "stopping the local cluster took too long"
+    assert not partial.exists(), "the interrupted task's product was left behind"
+    assert (project.path / "quick.txt").read_text() == "done"
+    gate.write_text("open")
+    result = project.run("--executor", "dask", "-j2")
+    assert result.exit_code == 0, result
+    assert result.ran == {"waits"}
+    assert project.read("partial.txt") == "complete"
 
 
 # -- an external scheduler and workers -------------------------------------------------------
@@ -267,9 +320,23 @@ def dask_cluster(tmp_path_factory):
             _stop(process)
 
 
+def external(project) -> None:
+    """The pipeline, with ``ran`` logging to a fixed path: workers started by the fixture do
+    not have the test's environment variables."""
+    pipeline(project)
+    project.write(
+        "ranlog.py",
+        f"""
+        def ran(name):
+            with open({str(project.log)!r}, "a") as log:
+                log.write(name + "\\n")
+        """,
+    )
+
+
 def test_builds_on_an_external_cluster(project, dask_cluster):
     address, workers = dask_cluster
-    pipeline(project)
+    external(project)
     args = ("-j2", "--executor", "dask", "--dask-address", address, "--json-report", "report.json")
     result = project.run(*args)
     assert result.exit_code == 0, result
@@ -285,7 +352,7 @@ def test_builds_on_an_external_cluster(project, dask_cluster):
 
 def test_command_line_address_overrides_the_configuration(project, dask_cluster):
     address, workers = dask_cluster
-    pipeline(project)
+    external(project)
     # The configured address is unreachable: the build works only if the option wins.
     project.write(
         "cpbuild.toml", 'executor = "dask"\ndask_address = "tcp://127.0.0.1:1"\nstorage = "memory"\n'
@@ -299,7 +366,7 @@ def test_command_line_address_overrides_the_configuration(project, dask_cluster)
 
 def test_configured_address(project, dask_cluster):
     address, workers = dask_cluster
-    pipeline(project)
+    external(project)
     project.write("cpbuild.toml", f'executor = "dask"\ndask_address = "{address}"\n')
     result = project.run("-j2", "--json-report", "report.json")
     assert result.exit_code == 0, result
