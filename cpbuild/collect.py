@@ -183,6 +183,7 @@ def tasks_from_module(module: types.ModuleType, path: Path, root: Path) -> list[
     errors: list[str] = []
     used_ids: dict[str, int] = {}
     signatures: dict[Any, Any] = {}
+    folder = str(path.parent) + os.sep
     for declaration in declarations:
         base = _base_name(declaration)
         options = declaration.options
@@ -193,7 +194,7 @@ def tasks_from_module(module: types.ModuleType, path: Path, root: Path) -> list[
         name = f"{base}[{param_id}]" if param_id is not None else base
         task_id = f"{rel}::{name}"
         try:
-            tasks.append(_make_task(declaration, task_id, name, base, path, signatures))
+            tasks.append(_make_task(declaration, task_id, name, base, path, folder, signatures))
         except CollectionError as error:
             errors.extend(error.errors)
     if errors:
@@ -263,14 +264,19 @@ def _signature(
 
 
 def _make_task(
-    declaration: Declaration, task_id: str, name: str, base: str, path: Path, cache: dict[Any, Any]
+    declaration: Declaration,
+    task_id: str,
+    name: str,
+    base: str,
+    path: Path,
+    folder: str,
+    cache: dict[Any, Any],
 ) -> Task:
     """Bind each parameter (DESIGN §3 rule 2). Runs once per task on every build: kept lean."""
     function = declaration.function
     options = declaration.options
     if not isinstance(function, types.FunctionType):
         raise CollectionError(f"{task_id}: a task must be a plain function, not {type(function).__name__}")
-    folder = str(path.parent) + os.sep
     normpath, fspath, sep = os.path.normpath, os.fspath, os.sep
 
     def absolute(p: Path) -> str:
@@ -304,7 +310,14 @@ def _make_task(
             value, has_default, given = defaults[default_index], True, False
         else:
             value, has_default, given = None, False, False
-        paths = has_default and (type(value) is not str) and is_path_structure(value)
+        if isinstance(value, Path):  # the common case, without the general walk
+            value, paths = absolute(value), True
+            files = (value,)
+        elif has_default and type(value) is not str and is_path_structure(value):
+            value, paths = map_paths(value, absolute), True
+            files = tuple(leaves(value))
+        else:
+            paths = False
         if is_product:
             if not paths:
                 where = "in @task(kwargs=...)" if given else "as its default"
@@ -312,12 +325,10 @@ def _make_task(
                     f"{task_id}: product parameter '{pname}' needs a Path or a list/dict of "
                     f"Paths {where}, got {value!r}"
                 )
-            value = map_paths(value, absolute)
-            products.extend(leaves(value))
+            products.extend(files)
             params.append(Param(pname, ParamKind.PRODUCT, value))
         elif paths:
-            value = map_paths(value, absolute)
-            inputs.extend(leaves(value))
+            inputs.extend(files)
             params.append(Param(pname, ParamKind.INPUT, value))
         elif given:
             params.append(Param(pname, ParamKind.ARG, value, True))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,14 +34,15 @@ class Param(NamedTuple):
     has_default: bool = False
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)
 class Task:
-    """One node of the graph: a function plus its arguments.
+    """One node of the graph: a function plus its arguments. Treat it as immutable.
 
-    File paths are kept as absolute, normalized strings (``input_files``, ``product_files`` and
-    the path structures in ``params``): building ``Path`` objects for thousands of tasks costs
-    more than the rest of deciding that they are up to date. ``inputs`` and ``products`` give
-    ``Path`` objects for code outside the hot path.
+    Not a frozen dataclass only because a frozen one costs five times as much to build, and
+    collection builds one per task on every run. File paths are kept as absolute, normalized
+    strings (``input_files``, ``product_files`` and the path structures in ``params``):
+    building ``Path`` objects for thousands of tasks would cost more than the rest of deciding
+    that they are up to date; the executor turns them into ``Path`` objects for the task.
     """
 
     id: str  # "path/relative/task_x.py::name[param]"
@@ -56,14 +56,6 @@ class Task:
     skip_reason: str | None = None  # from @mark.skip / @mark.skipif
     input_files: tuple[str, ...] = ()
     product_files: tuple[str, ...] = ()
-
-    @cached_property
-    def inputs(self) -> tuple[Path, ...]:
-        return tuple(map(Path, self.input_files))
-
-    @cached_property
-    def products(self) -> tuple[Path, ...]:
-        return tuple(map(Path, self.product_files))
 
     def __hash__(self) -> int:
         return hash(self.id)
