@@ -256,19 +256,17 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
     if not targets:
         print("cpbuild: no tasks selected", file=sys.stderr)
         return ExitCode.NO_TASKS_COLLECTED
-    if options.clean:
-        if lock is not None:
-            lock.acquire(wait=not options.no_wait)
-        return _clean(session, targets)
-    ids = session.selection(targets)
     if options.graph:
         from cpbuild.export import render
 
-        print(render(session.graph, ids, options.graph))
+        print(render(session.graph, session.graph.with_upstream(targets), options.graph))
         return ExitCode.OK
-    session.check_executor(ids)
-    if lock is not None:
+    if lock is not None:  # before reading the state: another build may be writing it
         lock.acquire(wait=not options.no_wait)
+    if options.clean:
+        return _clean(session, targets)
+    ids = session.selection(targets)
+    session.check_executor(ids)
     build_options = BuildOptions(
         jobs=config.jobs,
         keep_going=options.keep_going,

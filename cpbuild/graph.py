@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +232,14 @@ class Graph:
             stack.extend(self.upstream[current])
         return sorted(selected, key=self.order.__getitem__)
 
-    def missing_inputs(self, ids: Iterable[str]) -> list[str]:
+    def missing_inputs(
+        self, ids: Iterable[str], exists: Callable[[str], bool] = os.path.exists
+    ) -> list[str]:
         """Inputs of the selected tasks that neither exist nor are produced by a task."""
         errors = []
         for task_id in ids:
             for path in self.tasks[task_id].input_files:
-                if path not in self.producers and not os.path.exists(path):
+                if path not in self.producers and not exists(path):
                     errors.append(
                         f"{task_id}: input {self.rel(path)} does not exist and no task produces it"
                     )

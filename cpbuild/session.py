@@ -51,6 +51,7 @@ class Session:
         self.graph: Graph | None = None
         self.rebuilder: Rebuilder | None = None
         self.last_summary: BuildSummary | None = None
+        self._files: FileDigests | None = None
 
     # -- backends -----------------------------------------------------------------------------
 
@@ -167,19 +168,29 @@ class Session:
         """The targets and their upstream; missing inputs are collection errors."""
         assert self.graph is not None
         ids = self.graph.with_upstream(targets)
-        errors = self.graph.missing_inputs(ids)
+        files = self.file_digests()
+        errors = self.graph.missing_inputs(
+            ids, lambda path: files.digest(path) is not None or os.path.exists(path)
+        )
         if errors:
             raise CollectionError(errors[0], errors)
         return ids
 
     # -- building -----------------------------------------------------------------------------
 
+    def file_digests(self) -> FileDigests:
+        """The digests of this build's files; what selection learns, the build reuses."""
+        if self._files is None:
+            self._files = FileDigests(self.open_state().files, self.hasher)
+        return self._files
+
     def build(self, ids: list[str], options: BuildOptions) -> BuildSummary:
         state = self.open_state()
+        files, self._files = self.file_digests(), None  # the next build starts afresh
         self.rebuilder = Rebuilder(
             self.config.root,
             state,
-            FileDigests(state.files, self.hasher),
+            files,
             CodeTracker(
                 self.config.root, self.project_packages(), state.code, self.environment.library_version
             ),
