@@ -205,9 +205,10 @@ class Scheduler:
             up = next(u for u in upstream_ids if u in self._would_run)
             self._finish(TaskReport(task, WOULD_RUN, [f"upstream {self.graph.tasks[up].name} would run"]))
             return None
-        upstream = {
-            name: (up, self.value_digests.get(up)) for name, up in self.graph.value_deps[task.id].items()
-        }
+        value_deps = self.graph.value_deps[task.id]
+        upstream = (
+            {name: (up, self.value_digests.get(up)) for name, up in value_deps.items()} if value_deps else {}
+        )
         try:
             parts, problems = self.rebuilder.parts(task, self.graph.args[task.id], upstream)
         except TaskKeyError as error:  # an argument that cannot be pickled, a plugin's extra
