@@ -41,6 +41,7 @@ class FileDigests:
         self.entries = dict(entries)
         self.hasher = hasher
         self.dirty: dict[str, StatEntry] = {}
+        self.racy: dict[str, StatEntry] = {}  # hashed too soon after a change to remember yet
         #: Digests established during this build. A product checked as up to date is the next
         #: task's input: it is not stat'ed twice. A task that runs refreshes its products.
         self.known: dict[str, str] = {}
@@ -79,11 +80,31 @@ class FileDigests:
         self.entries[path] = new
         if time.time_ns() - st.st_mtime_ns > RACY_NS:
             self.dirty[path] = new
+        else:
+            self.racy[path] = new
         return digest
 
     def take_dirty(self) -> list[tuple[str, StatEntry]]:
         dirty, self.dirty = list(self.dirty.items()), {}
         return dirty
+
+    def settle_racy(self) -> None:
+        """At the end of a build, remember the files that were too new to trust when hashed
+        (the products a build just wrote, typically) if they are old enough now and read the
+        same: the next build then does not read them all again."""
+        now = time.time_ns()
+        for path, entry in list(self.racy.items()):
+            if now - entry[3] <= RACY_NS:
+                continue
+            del self.racy[path]
+            try:
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != entry[:4]:
+                    continue
+                if self.hasher.file_digest(path) == entry[4]:
+                    self.dirty[path] = entry
+            except OSError:
+                continue
 
 
 @dataclass

@@ -175,6 +175,8 @@ class Scheduler:
             for task, before in stopped:
                 self._delete_products(task, before)
         finally:
+            if not interrupted and not self.options.dry_run:
+                self.rebuilder.files.settle_racy()
             self.state.update_files(self.rebuilder.files.take_dirty())
             self.state.update_code(self.rebuilder.code.new_cache)
             if not interrupted:
