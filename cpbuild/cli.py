@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import gc
-import json
 import os
 import sys
 import time
@@ -402,5 +401,7 @@ def _write_json_report(path: Path, summary: Any) -> None:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
+    import json
+
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)

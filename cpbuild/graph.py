@@ -6,7 +6,6 @@ walk the graph (a no-op build must not pay for importing it); it is used to expo
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -82,6 +81,8 @@ class Graph:
 
     def close_names(self, text: str) -> list[str]:
         candidates = dict.fromkeys([*self.by_name, *self.by_base, *self.tasks])
+        import difflib  # only for error messages
+
         return difflib.get_close_matches(text, list(candidates), n=3)
 
     def _resolve(self, task: Task) -> list[str]:

@@ -23,11 +23,12 @@ from typing import TYPE_CHECKING, Any
 from cpbuild.errors import ExitCode
 from cpbuild.model import Task, map_paths
 from cpbuild.rebuilder import Decision, TaskKeyError
-from cpbuild.runner import Job, Outcome
 from cpbuild.state import Record
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+
+    from cpbuild.runner import Outcome
 
 RAN = "ran"
 UP_TO_DATE = "up-to-date"
@@ -253,6 +254,8 @@ class Scheduler:
             before[product] = _stat(product)
         executor = self._executor(task)
         session = self.session
+        from cpbuild.runner import Job  # only when a task runs
+
         job = Job(
             task.id,
             task.function,
