@@ -104,6 +104,7 @@ class Scheduler:
         self._stopping = False
         self._submitting: tuple[Task, dict[str, Any]] | None = None
         self._made_dirs: set[str] = set()
+        self._ahead = 0  # extra tasks an executor asked to hold (see _executor)
         self._task_finish = session.hook.cpbuild_task_finish
         self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
         self._would_run: set[str] = set()  # dry run: their downstream would run too
@@ -135,7 +136,7 @@ class Scheduler:
 
         try:
             while ready or running:
-                while ready and len(running) < self.options.jobs:
+                while ready and len(running) < self.options.jobs + self._ahead:
                     _, task_id = heapq.heappop(ready)
                     task = self.graph.tasks[task_id]
                     queue = task.options.queue
@@ -155,7 +156,14 @@ class Scheduler:
                     done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                     for future in done:
                         task, decision, before, executor = running.pop(future)
-                        retry = self._complete(task, decision, before, future.result(), executor)
+                        if future.cancelled():  # queued in its executor when the build stopped
+                            self._finish(TaskReport(task, SKIPPED, ["the build stopped after a failure"]))
+                            retry = None
+                        else:
+                            retry = self._complete(task, decision, before, future.result(), executor)
+                            if self._stopping:
+                                for other in running:
+                                    other.cancel()  # only those that have not started
                         if retry is not None:
                             running[retry] = (task, decision, before, executor)
                             continue
@@ -299,6 +307,10 @@ class Scheduler:
         executor = self._executors.get(name)
         if executor is None:
             executor = self._executors[name] = self.session.make_executor(name, self.options.jobs)
+            # An executor that queues tasks may be handed more than -j of them, so that a
+            # worker never waits for the main process between two tasks; it still runs at
+            # most -j at once.
+            self._ahead = max(self._ahead, int(getattr(executor, "queue_ahead", 0)))
         return executor
 
     def _complete(

@@ -1,8 +1,9 @@
 """The executing side of the ``process`` and ``prefix`` executors.
 
 ``python -m cpbuild.worker serve READ_FD WRITE_FD``: a long-lived pool worker. It reads
-length-prefixed pickled jobs from one pipe and writes outcomes to the other, one at a time, so
-it can be reused across tasks. Its standard streams are the terminal's; task output is captured
+length-prefixed frames ``(function digest, function bytes or None, rest of the job)`` from one
+pipe and writes outcomes to the other, one at a time, so it can be reused across tasks; each
+task function is unpickled once per worker (``cpbuild.executors.shipping.JobPacker``). Its standard streams are the terminal's; task output is captured
 at the file-descriptor level per job.
 
 ``python -m cpbuild.worker run JOB_FILE OUTCOME_FILE``: runs one job and exits; used behind a
@@ -65,12 +66,17 @@ def serve(read_fd: int, write_fd: int) -> int:
     if init is None:
         return 0
     _setup(pickle.loads(init))
+    functions: dict[str, Any] = {}  # digest -> task function, unpickled once per worker
     while True:
         data = read_frame(read_fd)
         if data is None:
             return 0
         try:
-            job = pickle.loads(data)
+            digest, function_bytes, rest = pickle.loads(data)
+            if digest not in functions:
+                functions[digest] = pickle.loads(function_bytes)
+            job = pickle.loads(rest)
+            job.function = functions[digest]
         except Exception as error:  # e.g. a library the task needs is missing here
             from cpbuild.runner import Outcome
 

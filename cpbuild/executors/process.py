@@ -27,7 +27,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
-from cpbuild.executors.shipping import dumps_job, prepare, worker_init
+from cpbuild.executors.shipping import JobPacker, prepare, worker_init
 from cpbuild.runner import Job, Outcome
 from cpbuild.worker import read_frame, write_frame
 
@@ -68,6 +68,7 @@ class _Worker:
     """One worker process and the two pipe ends the main process holds."""
 
     def __init__(self) -> None:
+        self.functions: set[str] = set()  # digests of the task functions this worker holds
         job_read, self.job_write = os.pipe()
         self.outcome_read, outcome_write = os.pipe()
         self.process = subprocess.Popen(
@@ -100,7 +101,9 @@ class ProcessExecutor:
 
     def __init__(self, jobs: int, root: Path) -> None:
         self.capacity = jobs
+        self.queue_ahead = jobs  # tasks waiting here while others run: no idle worker between tasks
         self.root = root
+        self._packer = JobPacker(root)
         self._queue: queue.SimpleQueue[tuple[Job, Future[Outcome]] | None] = queue.SimpleQueue()
         self._workers: dict[int, _Worker] = {}
         self._lock = threading.Lock()
@@ -115,11 +118,12 @@ class ProcessExecutor:
     def submit(self, job: Job) -> Future[Outcome]:
         future: Future[Outcome] = Future()
         try:
-            payload = dumps_job(prepare(job), self.root)
+            digest, function = self._packer.function(job.function)
+            rest = self._packer.rest(prepare(job))
         except Exception as error:
             future.set_result(Outcome(False, error=f"{job.task_id} cannot be sent to a worker process: {type(error).__name__}: {error}"))
             return future
-        self._queue.put((job, future, payload))  # type: ignore[arg-type]
+        self._queue.put((job, future, (digest, function, rest)))  # type: ignore[arg-type]
         return future
 
     def _slot(self, index: int) -> None:
@@ -127,11 +131,11 @@ class ProcessExecutor:
             item = self._queue.get()
             if item is None:
                 break
-            job, future, payload = item  # type: ignore[misc]
+            job, future, packed = item  # type: ignore[misc]
             if not future.set_running_or_notify_cancel():
                 continue
             try:
-                outcome = self._run(index, job, payload)
+                outcome = self._run(index, job, packed)
             except Exception as error:  # never leave a future unresolved: the build would hang
                 outcome = Outcome(False, error=f"the process executor failed running {job.task_id}: {error!r}")
             future.set_result(outcome)
@@ -156,11 +160,14 @@ class ProcessExecutor:
             worker.close(kill=kill)
         return worker
 
-    def _run(self, index: int, job: Job, payload: bytes) -> Outcome:
+    def _run(self, index: int, job: Job, packed: tuple[str, bytes, bytes]) -> Outcome:
         worker = self._worker(index)
         start = time.monotonic()
+        digest, function, rest = packed
+        frame = pickle.dumps((digest, None if digest in worker.functions else function, rest))
+        worker.functions.add(digest)
         try:
-            write_frame(worker.job_write, payload)
+            write_frame(worker.job_write, frame)
         except BrokenPipeError:
             self._retire(index, kill=True)
             return Outcome(False, error=f"the worker for {job.task_id} exited before taking the job")
