@@ -226,8 +226,8 @@ def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path, environme
     try:
         return run_once(session, lock)
     finally:
+        session.close()  # writes the state snapshot: still under the lock
         lock.release()
-        session.close()
 
 
 def run_once(session: Any, lock: Any = None) -> ExitCode:
@@ -236,8 +236,11 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
     from cpbuild.scheduler import BuildOptions
 
     options, config, cwd = session.options, session.config, session.cwd
+    reads_state = not (options.graph or options.log)
+    if lock is not None and reads_state:  # another build may be writing the state
+        lock.acquire(wait=not options.no_wait)
     started = time.perf_counter()
-    session.collect()
+    session.collect(analyse=reads_state)
     collected = time.perf_counter()
     assert session.graph is not None
     if not session.graph.tasks:
@@ -260,8 +263,6 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
 
         print(render(session.graph, session.graph.with_upstream(targets), options.graph))
         return ExitCode.OK
-    if lock is not None:  # before reading the state: another build may be writing it
-        lock.acquire(wait=not options.no_wait)
     if options.clean:
         return _clean(session, targets)
     ids = session.selection(targets)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cpbuild.canonical import NotSimple, canonical
+from cpbuild.model import is_cpbuild_object
 
 #: Item kinds, the prefix of an item's name.
 FUNCTION = "function"
@@ -43,6 +44,8 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 #: granularity without its stat changing ("racy", as git calls it): what was read from it is
 #: used for this build but not remembered across builds.
 RACY_NS = 100_000_000
+#: Part of every code-cache key: change it whenever what an analysis computes changes.
+ANALYSIS_VERSION = "2"
 _CPBUILD_DIR = Path(__file__).resolve().parent
 _SITE_DIRS = ("site-packages", "dist-packages")
 
@@ -83,7 +86,8 @@ class CodeTracker:
         self._analyses: dict[Any, Any] = {}
         self._items: dict[int, dict[str, str]] = {}
         self._task_codes: dict[Any, tuple[dict[str, str], str]] = {}
-        self._in_progress: set[int] = set()
+        self._in_progress: set[int] = set()  # ids of functions and classes being computed
+        self._partial = 0  # how many times a computation met one still in progress
         self._project_file: dict[str, str | None] = {}
 
     # -- public -----------------------------------------------------------------------------
@@ -155,7 +159,7 @@ class CodeTracker:
                 stat = self._stats[filename] = (st.st_size, st.st_mtime_ns)
             except OSError:
                 stat = self._stats[filename] = (-1, -1)
-        key = f"{filename}\0{what}"
+        key = f"{ANALYSIS_VERSION}\0{filename}\0{what}"
         entry = self.cache.get(key)
         if entry is not None and entry[0] == stat[0] and entry[1] == stat[1]:
             return entry[2]
@@ -173,7 +177,7 @@ class CodeTracker:
 
                 parsed = self._source(code.co_filename)
                 node = source.function_node(parsed, code, function.__name__) if parsed else None
-                return tuple(source.analyse(node, function.__globals__)) if node is not None else None
+                return tuple(source.analyse(node, function.__globals__, parsed)) if node is not None else None
 
             what = f"{code.co_firstlineno}:{code.co_name}"
             self._analyses[code] = self._persistent(code.co_filename, what, compute)
@@ -191,7 +195,7 @@ class CodeTracker:
                 module = sys.modules.get(cls.__module__)
                 if node is None or module is None:
                     return None
-                return tuple(source.analyse(node, vars(module)))
+                return tuple(source.analyse(node, vars(module), parsed))
 
             self._analyses[key] = self._persistent(filename, f"class {cls.__qualname__}", compute)
         return self._analyses[key]
@@ -199,14 +203,20 @@ class CodeTracker:
     # -- items ------------------------------------------------------------------------------
 
     def _function_items(self, function: Callable[..., Any]) -> dict[str, str]:
+        """The function's own item and, transitively, the items of everything it references.
+
+        A result is shared (cached) only when it is complete. Reaching a function that is
+        still being computed (mutual recursion) contributes that function's own item; the
+        results computed on the way are partial and are not cached, so what a task's key
+        contains never depends on which other tasks were computed first.
+        """
         function = inspect_unwrap(function)
         ident = id(function)
         cached = self._items.get(ident)
         if cached is not None:
             return cached
-        items: dict[str, str] = {}
         if not isinstance(function, types.FunctionType):
-            return items
+            return {}
         code = function.__code__
         rel = self.relative_project_file(code.co_filename, function.__module__)
         name = f"{FUNCTION} {rel}::{function.__qualname__}"
@@ -214,11 +224,13 @@ class CodeTracker:
         if analysis is None:
             # No source (e.g. defined in an interactive session): fall back to the bytecode,
             # which changes with formatting but never misses a real change.
-            items[name] = _digest(repr(_code_fingerprint(code)))
+            return {name: _digest(repr(_code_fingerprint(code)))}
+        items = {name: analysis[0]}
+        if ident in self._in_progress:
+            self._partial += 1
             return items
-        items[name] = analysis[0]
         self._in_progress.add(ident)
-        self._items[ident] = items  # a recursive reference sees the partial set and stops
+        partial_before = self._partial
         try:
             closure = _closure_vars(function)
             for chain in analysis[1]:
@@ -231,6 +243,8 @@ class CodeTracker:
                 self._add_reference(items, obj, chain, rel, function.__module__)
         finally:
             self._in_progress.discard(ident)
+        if self._partial == partial_before:
+            self._items[ident] = items
         return items
 
     def _add_reference(
@@ -300,6 +314,8 @@ class CodeTracker:
         yield f"{MODULE} {rel}", self._persistent(module.__file__, "module", compute)
 
     def _class_items(self, cls: type) -> Iterator[tuple[str, str]]:
+        """The class body's item, what it references and its project bases (cached as
+        functions are: only complete results)."""
         module = sys.modules.get(cls.__module__)
         filename = getattr(module, "__file__", None)
         rel = self.relative_project_file(filename, cls.__module__)
@@ -308,21 +324,31 @@ class CodeTracker:
             return
         ident = id(cls)
         cached = self._items.get(ident)
-        if cached is None:
-            cached = {}
-            analysis = self._analyse_class(cls, filename)
-            name = f"{CLASS} {rel}::{cls.__qualname__}"
-            cached[name] = analysis[0] if analysis else _digest(cls.__qualname__)
-            self._items[ident] = cached
+        if cached is not None:
+            yield from cached.items()
+            return
+        analysis = self._analyse_class(cls, filename)
+        items = {f"{CLASS} {rel}::{cls.__qualname__}": analysis[0] if analysis else _digest(cls.__qualname__)}
+        if ident in self._in_progress:
+            self._partial += 1
+            yield from items.items()
+            return
+        self._in_progress.add(ident)
+        partial_before = self._partial
+        try:
             if analysis is not None:
                 namespace = vars(module)
                 for chain in analysis[1]:
-                    if chain[0] in namespace and chain[0] != cls.__name__:
-                        self._add_reference(cached, namespace[chain[0]], chain, rel, cls.__module__)
+                    if chain[0] in namespace:
+                        self._add_reference(items, namespace[chain[0]], chain, rel, cls.__module__)
             for base in cls.__bases__:
                 if base is not object:
-                    cached.update(self._class_items(base))
-        yield from cached.items()
+                    items.update(self._class_items(base))
+        finally:
+            self._in_progress.discard(ident)
+        if self._partial == partial_before:
+            self._items[ident] = items
+        yield from items.items()
 
     def _library_items(self, module_name: str | None) -> Iterator[tuple[str, str]]:
         if not module_name:
@@ -364,12 +390,6 @@ def _code_fingerprint(code: types.CodeType) -> tuple[Any, ...]:
         _code_fingerprint(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts
     )
     return (code.co_code, consts, code.co_names, code.co_varnames)
-
-
-def is_cpbuild_object(obj: Any) -> bool:
-    """Declarations and engine objects of cpbuild itself: never part of a key."""
-    module = getattr(type(obj), "__module__", "") or ""
-    return module == "cpbuild" or module.startswith("cpbuild.")
 
 
 def code_digest(items: dict[str, str]) -> str:

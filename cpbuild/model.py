@@ -91,3 +91,9 @@ def leaves(value: Any) -> Iterator[Any]:
             yield from leaves(v)
     else:
         yield value
+
+
+def is_cpbuild_object(obj: Any) -> bool:
+    """Declarations and engine objects of cpbuild itself: never part of a key."""
+    module = getattr(type(obj), "__module__", "") or ""
+    return module == "cpbuild" or module.startswith("cpbuild.")

@@ -52,6 +52,7 @@ class Session:
         self.rebuilder: Rebuilder | None = None
         self.last_summary: BuildSummary | None = None
         self._files: FileDigests | None = None
+        self._code: CodeTracker | None = None
 
     # -- backends -----------------------------------------------------------------------------
 
@@ -126,7 +127,24 @@ class Session:
                 names.update(p.parent.name for p in folder.glob("*/__init__.py"))
         return frozenset(names)
 
-    def collect(self) -> Graph:
+    def code_tracker(self) -> CodeTracker:
+        """The code analysis of this collection (one per session: modules are not reloaded)."""
+        if self._code is None:
+            self._code = CodeTracker(
+                self.config.root,
+                self.project_packages(),
+                self.open_state().code,
+                self.environment.library_version,
+            )
+        return self._code
+
+    def collect(self, analyse: bool = True) -> Graph:
+        """Import the task files and build the graph.
+
+        With ``analyse``, each module's task code is analysed right after it is imported, so
+        that a key describes the code that was imported and will run, even when a file is
+        edited while the build runs (the next build then sees the edit).
+        """
         root = self.config.root
         for folder in (root / "src", root):
             if folder.is_dir() and str(folder) not in sys.path:
@@ -141,6 +159,10 @@ class Session:
                 for result in self.hook.cpbuild_collect_file(session=self, path=path):
                     if result:
                         tasks.extend(result)
+                        if analyse:
+                            code = self.code_tracker()
+                            for task in result:
+                                code.task_code(task.function)
             except CollectionError as error:
                 errors.extend(error.errors)
         if errors:
@@ -191,9 +213,7 @@ class Session:
             self.config.root,
             state,
             files,
-            CodeTracker(
-                self.config.root, self.project_packages(), state.code, self.environment.library_version
-            ),
+            self.code_tracker(),
             self.serializer,
             self.hasher,
             self.hook.cpbuild_key_extras,

@@ -8,7 +8,9 @@ imports ``ast``.
 from __future__ import annotations
 
 import ast
+import copy
 import hashlib
+import symtable
 import types
 from typing import Any, NamedTuple
 
@@ -46,11 +48,13 @@ class SourceFile:
 
     def __init__(self, path: str) -> None:
         with open(path, "rb") as stream:
-            tree = ast.parse(stream.read(), filename=path)
-        self.tree = StripDocstrings().visit(tree)
+            self.text = stream.read()
+        self.path = path
+        self.tree = StripDocstrings().visit(ast.parse(self.text, filename=path))
         self.functions: dict[tuple[int, str], ast.AST] = {}
         self.lambdas: dict[int, list[ast.Lambda]] = {}
         self.classes: dict[str, ast.ClassDef] = {}
+        self._scopes: dict[tuple[int, str], symtable.SymbolTable] | None = None
         self._index(self.tree, "")
 
     def _index(self, node: ast.AST, prefix: str) -> None:
@@ -68,20 +72,27 @@ class SourceFile:
                     self.lambdas.setdefault(child.lineno, []).append(child)
                 self._index(child, prefix)
 
+    def scope(self, lineno: int, name: str) -> symtable.SymbolTable | None:
+        """The compiler's symbol table of the function or class defined at ``lineno``."""
+        if self._scopes is None:
+            self._scopes = {}
+            stack = [symtable.symtable(self.text.decode("utf-8", "replace"), self.path, "exec")]
+            while stack:
+                table = stack.pop()
+                self._scopes.setdefault((table.get_lineno(), table.get_name()), table)
+                stack.extend(table.get_children())
+        return self._scopes.get((lineno, name))
 
-class Names(ast.NodeVisitor):
-    """Collect the names a function or class body binds and the name chains it loads."""
+
+class Chains(ast.NodeVisitor):
+    """The name chains an expression or body loads: ``helpers.scale`` is ("helpers", "scale")."""
 
     def __init__(self) -> None:
-        self.bound: set[str] = set()
-        self.declared_global: set[str] = set()
         self.chains: set[tuple[str, ...]] = set()
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Load):
             self.chains.add((node.id,))
-        else:
-            self.bound.add(node.id)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         parts = [node.attr]
@@ -94,70 +105,67 @@ class Names(ast.NodeVisitor):
         else:
             self.visit(value)
 
-    def visit_arg(self, node: ast.arg) -> None:
-        self.bound.add(node.arg)
-        if node.annotation is not None:
-            self.visit(node.annotation)
 
-    def _bind_definition(self, node: Any) -> None:
-        self.bound.add(node.name)
-        self.generic_visit(node)
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = _bind_definition
-
-    def visit_Import(self, node: ast.Import | ast.ImportFrom) -> None:
-        for alias in node.names:
-            self.bound.add((alias.asname or alias.name).split(".")[0])
-
-    visit_ImportFrom = visit_Import
-
-    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> None:
-        if node.name:
-            self.bound.add(node.name)
-        self.generic_visit(node)
-
-    def visit_Global(self, node: ast.Global) -> None:
-        self.declared_global.update(node.names)
-
-    def visit_MatchAs(self, node: ast.MatchAs) -> None:
-        if node.name:
-            self.bound.add(node.name)
-        self.generic_visit(node)
-
-    def visit_MatchStar(self, node: ast.MatchStar) -> None:
-        if node.name:
-            self.bound.add(node.name)
+def _chains(*nodes: Any) -> set[tuple[str, ...]]:
+    visitor = Chains()
+    for node in nodes:
+        if node is not None:
+            visitor.visit(node)
+    return visitor.chains
 
 
-def analyse(node: Any, namespace: dict[str, Any]) -> Analysis:
+def _globals_used(table: symtable.SymbolTable) -> set[str]:
+    """Names a scope and every scope nested in it read from the module (or builtins).
+
+    The compiler's own scoping rules decide: a name bound in a nested function, method or
+    comprehension does not hide the same global read elsewhere, and a parameter or local
+    never counts as a reference.
+    """
+    names: set[str] = set()
+    stack = [table]
+    while stack:
+        scope = stack.pop()
+        names.update(s.get_name() for s in scope.get_symbols() if s.is_global() and s.is_referenced())
+        stack.extend(scope.get_children())
+    return names
+
+
+def _header(node: Any) -> list[Any]:
+    """The parts of a definition evaluated in the enclosing scope: decorators, defaults,
+    annotations, bases."""
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+        args = node.args
+        parts = [*args.defaults, *(d for d in args.kw_defaults if d is not None)]
+        if not isinstance(node, ast.Lambda):
+            parts += [*node.decorator_list, node.returns]
+            parts += [a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
+            parts += [a.annotation for a in (args.vararg, args.kwarg) if a is not None]
+        return parts
+    if isinstance(node, ast.ClassDef):
+        return [*node.decorator_list, *node.bases, *node.keywords]
+    return []
+
+
+def analyse(node: Any, namespace: dict[str, Any], source: SourceFile | None = None) -> Analysis:
     """The digest of a function or class node and the name chains it loads from outside."""
     decorators = getattr(node, "decorator_list", None)
     if decorators:
         kept = [d for d in decorators if not is_declaration(d, namespace)]
         if len(kept) != len(decorators):
             node = copy_with_decorators(node, kept)
-    names = Names()
-    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-        # The function's own name is bound in its module, not in its body: a recursive
-        # call is not a reference to something else.
-        names.visit(node.args)
-        for decorator in node.decorator_list:
-            names.visit(decorator)
-        if node.returns is not None:
-            names.visit(node.returns)
-        for statement in node.body:
-            names.visit(statement)
-        names.bound.add(node.name)
-    elif isinstance(node, ast.ClassDef):
-        for child in (*node.bases, *node.keywords, *node.decorator_list, *node.body):
-            names.visit(child)
-    else:
-        names.visit(node)
-    local = names.bound - names.declared_global
-    references = tuple(sorted(c for c in names.chains if c[0] not in local))
+    definitions = node.elts if isinstance(node, ast.Tuple) else [node]  # lambdas on one line
+    allowed: set[str] = set()
+    for definition in definitions:
+        allowed |= {c[0] for c in _chains(*_header(definition))}
+        name = "lambda" if isinstance(definition, ast.Lambda) else definition.name
+        table = source.scope(definition.lineno, name) if source is not None else None
+        if table is None:  # no symbol table (should not happen): every loaded name counts
+            allowed |= {c[0] for c in _chains(definition)}
+        else:
+            allowed |= _globals_used(table)
+    references = tuple(sorted(c for c in _chains(node) if c[0] in allowed))
     dump = ast.dump(node, annotate_fields=False, include_attributes=False)
     return Analysis(hashlib.sha256(dump.encode()).hexdigest(), references)
-
 
 
 def is_declaration(decorator: ast.expr, namespace: dict[str, Any]) -> bool:
@@ -179,14 +187,15 @@ def is_declaration(decorator: ast.expr, namespace: dict[str, Any]) -> bool:
         obj = getattr(obj, attr, _MISSING)
     if obj is _MISSING:
         return False
-    from cpbuild.fingerprint import is_cpbuild_object
+    from cpbuild.model import is_cpbuild_object
 
     owner = getattr(obj, "__module__", None) or type(obj).__module__
     return owner in ("cpbuild.api", "cpbuild", "pytask") or is_cpbuild_object(obj)
 
 
 def copy_with_decorators(node: Any, decorators: list[ast.expr]) -> Any:
-    clone = type(node)(**{field: getattr(node, field) for field in node._fields})
+    """A shallow copy (positions included: they find the symbol table) with other decorators."""
+    clone = copy.copy(node)
     clone.decorator_list = decorators
     return clone
 
@@ -200,11 +209,12 @@ def function_node(source: SourceFile, code: types.CodeType, name: str) -> Any:
 
 
 def class_node(source: SourceFile, cls: type) -> Any:
-    node = source.classes.get(cls.__qualname__.replace("<locals>.", ""))
-    if node is None:  # a class defined inside a function: find it by its plain name
-        node = next(
-            (n for q, n in source.classes.items() if q.rsplit(".", 1)[-1] == cls.__name__), None
-        )
+    """The class's node by its qualified name; by its plain name only when that is unique
+    (a class made by ``type()`` or ``exec`` has no qualified name in the file)."""
+    node = source.classes.get(cls.__qualname__)
+    if node is None:
+        same = [n for q, n in source.classes.items() if q.rsplit(".", 1)[-1] == cls.__name__]
+        node = same[0] if len(same) == 1 else None
     return node
 
 

@@ -197,11 +197,12 @@ class State:
 
     def close(self) -> None:
         """Write the snapshot if this process changed anything, then close."""
-        generation = self._db.execute("SELECT generation FROM meta").fetchone()[0]
-        if generation != self._snapshot_generation:
-            latest = {task: tuple(r) for task, r in self.latest.items()}
-            data = marshal.dumps((latest, self.files, self.code))
-            self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (0, ?, ?)", (generation, data))
+        with _Transaction(self._db, bump=False):
+            generation = self._db.execute("SELECT generation FROM meta").fetchone()[0]
+            if generation != self._snapshot_generation:
+                latest = {task: tuple(r) for task, r in self.latest.items()}
+                data = marshal.dumps((latest, self.files, self.code))
+                self._db.execute("INSERT OR REPLACE INTO snapshot VALUES (0, ?, ?)", (generation, data))
         self._db.close()
 
 
@@ -216,4 +217,8 @@ class _Transaction:
             self.db.execute("UPDATE meta SET generation = generation + 1")
 
     def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        try:
+            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+        finally:
+            if self.db.in_transaction:  # Ctrl-C arrived before COMMIT ran: nothing half-done
+                self.db.execute("ROLLBACK")

@@ -386,3 +386,154 @@ def test_same_size_edits_within_one_second_never_run_stale_bytecode(project):
         result = project.run(PYTHONDONTWRITEBYTECODE="")  # let Python write .pyc files
         assert result.exit_code == 0, result
         assert project.read("out.txt") == str(n)
+
+
+def test_helper_edited_while_the_build_runs_is_seen_by_the_next_build(project):
+    """The key describes the code that was imported and ran, not the file as it is later."""
+    gate = project.path / "gate"
+    project.write("helpers.py", 'def value():\n    return "old"\n')
+    project.write(
+        "task_slow.py",
+        f"""
+        import time
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+        from helpers import value
+        from ranlog import ran
+
+        def task_slow() -> int:
+            ran("slow")
+            Path({str(project.path / "started")!r}).write_text("yes")
+            while not Path({str(gate)!r}).exists():
+                time.sleep(0.01)
+            return 1
+
+        def task_use(slow: int, out: Annotated[Path, Product] = Path("out.txt")) -> None:
+            ran("use")
+            out.write_text(value())
+        """,
+    )
+    import subprocess
+
+    process = subprocess.Popen(project.command(), cwd=project.path, env=project.env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = project.path / "started"
+    import time
+
+    deadline = time.monotonic() + 30
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    edit(project, "helpers.py", '"old"', '"new"')  # while slow runs; use has not run yet
+    gate.write_text("open")
+    assert process.wait(timeout=60) == 0, process.communicate()
+    assert project.read("out.txt") == "old", "the build ran the code it imported"
+    again = project.run()
+    assert again.ran == {"use"}, "the edit made after the import must rerun its user"
+    assert project.read("out.txt") == "new"
+
+
+def test_mutual_recursion_gives_the_same_key_whatever_is_selected(project):
+    project.write(
+        "helpers.py",
+        """
+        def d():
+            return 1
+
+        def a(n):
+            return b(n - 1) + d() if n else 0
+
+        def b(n):
+            return a(n - 1) if n else 0
+        """,
+    )
+    project.write(
+        "task_rec.py",
+        """
+        from helpers import a, b
+        from ranlog import ran
+
+        def task_first() -> int:
+            ran("first")
+            return a(3)
+
+        def task_second() -> int:
+            ran("second")
+            return b(3)
+        """,
+    )
+    assert project.run().ran == {"first", "second"}
+    edit(project, "helpers.py", "return 1", "return 2")
+    assert "would run   second" in project.run("second", "-n").stdout
+    assert "would run   second" in project.run("-n").stdout
+    assert project.run().ran == {"first", "second"}
+
+
+def test_names_bound_in_nested_scopes_do_not_hide_globals(project):
+    project.write("helpers.py", "def scale(x):\n    return 2 * x\n")
+    project.write(
+        "task_scopes.py",
+        """
+        from helpers import scale
+        from ranlog import ran
+
+        class Model:
+            def setup(self):
+                scale = 3  # a local of another method
+                return scale
+
+            def fit(self, x):
+                return scale(x)
+
+        def task_fit() -> int:
+            ran("fit")
+            return Model().fit(2)
+
+        def task_inner() -> int:
+            ran("inner")
+
+            def local():
+                scale = 1
+                return scale
+
+            return scale(5) + local()
+        """,
+    )
+    assert project.run().ran == {"fit", "inner"}
+    edit(project, "helpers.py", "2 * x", "3 * x")
+    assert project.run().ran == {"fit", "inner"}
+
+
+def test_classes_defined_in_functions_are_told_apart(project):
+    project.write(
+        "runners.py",
+        """
+        def make_a():
+            class Impl:
+                def run(self):
+                    return "a"
+            return Impl()
+
+        def make_b():
+            class Impl:
+                def run(self):
+                    return "b"
+            return Impl()
+
+        RUNNER = make_b()
+        """,
+    )
+    project.write(
+        "task_runner.py",
+        """
+        from runners import RUNNER
+        from ranlog import ran
+
+        def task_use() -> str:
+            ran("use")
+            return RUNNER.run()
+        """,
+    )
+    assert project.run().ran == {"use"}
+    edit(project, "runners.py", 'return "b"', 'return "B"')
+    assert project.run().ran == {"use"}
