@@ -11,6 +11,7 @@ import atexit
 import gc
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     # back on before the first task runs.
     gc.disable()
     argv = sys.argv[1:] if argv is None else list(argv)
+    _stop_on_termination()
     try:
         return int(_main(argv))
     except CollectionError as error:
@@ -129,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         # The reader of our output went away (cpbuild --list | head): stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return int(ExitCode.INTERRUPTED)
+    except OSError as error:  # the file system refused: a cache folder, a report path
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"cpbuild: error: {where}{error.strerror or error}", file=sys.stderr)
+        return int(ExitCode.USAGE_ERROR)
     except Exception:
         import traceback
 
@@ -136,6 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         print("cpbuild: internal error (a bug in cpbuild or a plugin; please report it with the "
               "traceback above)", file=sys.stderr)
         return int(ExitCode.INTERNAL_ERROR)
+
+
+def _stop_on_termination() -> None:
+    """SIGTERM and SIGHUP (a closed terminal, a CI timeout) stop a build as Ctrl-C does: workers
+    are stopped, half-written products deleted, nothing half-done recorded."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(signum) in (signal.SIG_DFL, None):
+                signal.signal(signum, interrupt)
 
 
 def _error_lines(title: str, errors: list[str]) -> None:
@@ -153,6 +173,7 @@ def _main(argv: list[str]) -> ExitCode:
     from cpbuild.plugins import make_plugin_manager
 
     requested, directory = _early(argv)
+    directory = directory.resolve()  # before cpbuild changes into the project root
     if not directory.is_dir():
         raise UsageError(f"-C {directory}: no such directory")
     try:
@@ -251,8 +272,8 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
         return _print_log(session, options.log)
     if options.why:
         targets = session.graph.resolve_target(options.why, cwd)
-    elif options.list and not (options.targets or options.keyword or options.marker):
-        targets = list(session.graph.tasks)
+    elif (options.list or options.clean) and not (options.targets or options.keyword or options.marker):
+        targets = list(session.graph.tasks)  # --list and --clean cover every task by default
     else:
         targets = session.targets(options.targets, options.keyword, options.marker)
     if not targets:
@@ -341,7 +362,8 @@ def _print_key_parts(session: Any, task: Any, describe_item: Any) -> None:
     for item, value in sorted(code.items()):
         kind, _, name = item.partition(" ")
         shown = value if kind in ("constant", "library", "object") else value[:12]
-        print(f"    {kind:<9} {describe_item(kind, name)}: {shown}")
+        label = name if kind in ("library", "module") else describe_item(kind, name)
+        print(f"    {kind:<9} {label}: {shown}")
     for name, value in sorted(session.graph.args[task.id].items()):
         print(f"    argument  {name} = {value!r}")
     for path in task.input_files:

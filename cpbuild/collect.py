@@ -144,7 +144,7 @@ class PythonCollector:
         root = session.config.root
         try:
             module = import_task_module(path, root)
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # sys.exit() or argparse at import time
             raise CollectionError(describe_import_error(path, root, error)) from None
         return tasks_from_module(module, path, root)
 

@@ -30,7 +30,6 @@ class Config:
     executor: str | None = None  # None: inline for -j1, the parallel default otherwise
     storage: str = "local"
     cache_dir: str = ".cpbuild"
-    remote_cache: str | None = None
     plugins: list[str] = field(default_factory=list)
     queues: dict[str, int] = field(default_factory=dict)
     prefixes: dict[str, str] = field(default_factory=dict)
@@ -61,7 +60,6 @@ _SCHEMA: dict[str, tuple[Any, str]] = {
     "executor": (lambda v: isinstance(v, str), "a string"),
     "storage": (lambda v: isinstance(v, str), "a string"),
     "cache_dir": (lambda v: isinstance(v, str), "a string"),
-    "remote_cache": (lambda v: isinstance(v, str), "a string"),
     "plugins": (_is_list_of_str, "a list of strings"),
     "queues": (
         lambda v: isinstance(v, dict) and all(_positive_int(n) for n in v.values()),
@@ -131,6 +129,11 @@ def build_config(
                     f"{value!r}"
                 )
             setattr(config, key, value)
+        elif key == "remote_cache" and key not in known_extra_keys:
+            raise ConfigError(
+                f"{where}: key 'remote_cache' needs a plugin that provides remote caches; "
+                "none is installed (cpbuild itself keeps its cache in cache_dir)"
+            )
         elif key in known_extra_keys:
             config.extra[key] = value
         else:

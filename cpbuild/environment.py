@@ -39,8 +39,8 @@ class Environment:
         result = []
         for entry in sys.path:
             folder = entry or os.getcwd()
-            if project and (folder + os.sep).startswith(project):
-                continue  # the project's own folders change with every edit
+            if project and (folder + os.sep).startswith(project) and not _is_installation(folder):
+                continue  # the project's own folders change with every edit (not its .venv)
             try:
                 result.append((folder, os.stat(folder).st_mtime_ns))
             except OSError:
@@ -126,6 +126,11 @@ def _distribution_version(top: str) -> str:
         return ", ".join(sorted(versions))
     module: Any = sys.modules.get(top)
     return str(getattr(module, "__version__", "unknown version"))
+
+
+def _is_installation(folder: str) -> bool:
+    parts = folder.split(os.sep)
+    return "site-packages" in parts or "dist-packages" in parts
 
 
 def _time_ns() -> int:

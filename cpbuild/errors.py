@@ -51,3 +51,9 @@ class LockBusyError(CpbuildError):
     """Another cpbuild process holds the project's build lock."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class StateError(CpbuildError):
+    """The state database cannot be read (damaged, or written by something else)."""
+
+    exit_code = ExitCode.INTERNAL_ERROR

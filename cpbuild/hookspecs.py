@@ -119,8 +119,11 @@ def cpbuild_key_extras(task: Any) -> dict[str, str] | None:
 
 
 @hookspec(firstresult=True)
-def cpbuild_make_storage(name: str, config: Any) -> Any:
-    """Return a Storage for ``storage = name``, or None if the name is not yours."""
+def cpbuild_make_storage(name: str, config: Any, hasher: Any) -> Any:
+    """Return a Storage for ``storage = name``, or None if the name is not yours.
+
+    ``hasher`` is the build's Hasher: verify reads with it, since digests are made with it.
+    """
 
 
 @hookspec(firstresult=True)

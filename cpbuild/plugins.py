@@ -75,8 +75,8 @@ def make_plugin_manager(
             continue
         try:
             module = importlib.import_module(name)
-        except ImportError as error:
-            raise UsageError(f"plugin '{name}' cannot be imported: {error}") from None
+        except Exception as error:  # not only ImportError: the plugin's own code may fail
+            raise UsageError(f"plugin '{name}' cannot be imported: {type(error).__name__}: {error}") from None
         if not pm.is_registered(module):  # e.g. already loaded through its entry point
             pm.register(module, name=name)
     return pm

@@ -46,6 +46,7 @@ class TerminalReporter:
         return (
             session.mode == "build"
             and self._verbosity(session) >= 0
+            and not getattr(session.options, "no_capture", False)  # -s: tasks talk to the terminal
             and os.environ.get("CI", "").lower() not in ("true", "1")
             and os.environ.get("TERM") != "dumb"
             and hasattr(stream, "isatty")

@@ -77,28 +77,46 @@ def _load(job: Job, digest: str) -> Any:
     return job.serializer.loads(data)
 
 
+class _Capture(io.TextIOWrapper):
+    """A text stream into memory with a ``buffer`` for bytes, as ``sys.stdout`` has."""
+
+    def __init__(self, encoding: str | None = None) -> None:
+        super().__init__(io.BytesIO(), encoding=encoding or "utf-8", errors="backslashreplace",
+                         write_through=True)
+
+    def getvalue(self) -> str:
+        self.flush()
+        return self.buffer.getvalue().decode(self.encoding, "replace")  # type: ignore[attr-defined]
+
+
 class _ThreadLocalStream(io.TextIOBase):
-    """Stands in for sys.stdout/sys.stderr: each thread running a task writes to its own buffer,
-    everything else goes to the real stream. This lets the thread executor capture per task."""
+    """Stands in for sys.stdout/sys.stderr: each thread running a task writes to its own
+    capture, everything else goes to the real stream. This lets the thread executor capture
+    per task. ``breakpoint()`` in a task ends its capture, so the debugger talks to the user."""
 
     def __init__(self, original: Any) -> None:
         self.original = original
         self.local = threading.local()
 
+    def _target(self) -> Any:
+        target = getattr(self.local, "target", None)
+        return target if target is not None else self.original
+
     def write(self, text: str) -> int:
-        buffer = getattr(self.local, "buffer", None)
-        return (buffer if buffer is not None else self.original).write(text)
+        return self._target().write(text)
 
     def flush(self) -> None:
-        buffer = getattr(self.local, "buffer", None)
-        if buffer is None:
-            self.original.flush()
+        self._target().flush()
 
     def isatty(self) -> bool:
-        return getattr(self.local, "buffer", None) is None and self.original.isatty()
+        return getattr(self.local, "target", None) is None and self.original.isatty()
 
     def fileno(self) -> int:
         return self.original.fileno()
+
+    @property
+    def buffer(self) -> Any:  # type: ignore[override]
+        return self._target().buffer
 
     @property
     def encoding(self) -> str:  # type: ignore[override]
@@ -114,21 +132,40 @@ def _install_streams() -> tuple[_ThreadLocalStream, _ThreadLocalStream]:
             sys.stdout = _ThreadLocalStream(sys.stdout)
         if not isinstance(sys.stderr, _ThreadLocalStream):
             sys.stderr = _ThreadLocalStream(sys.stderr)
+            previous_hook = sys.breakpointhook
+
+            def breakpoint_without_capture(*args: Any, **kwargs: Any) -> Any:
+                for stream in (sys.stdout, sys.stderr):
+                    if isinstance(stream, _ThreadLocalStream):
+                        stream.local.target = None
+                return previous_hook(*args, **kwargs)
+
+            sys.breakpointhook = breakpoint_without_capture
         return sys.stdout, sys.stderr  # type: ignore[return-value]
 
 
+def uninstall_streams() -> None:
+    """Give the process its real streams back (at the end of a build)."""
+    with _install_lock:
+        for name in ("stdout", "stderr"):
+            stream = getattr(sys, name)
+            if isinstance(stream, _ThreadLocalStream):
+                setattr(sys, name, stream.original)
+        sys.breakpointhook = sys.__breakpointhook__
+
+
 @contextmanager
-def _captured(enabled: bool) -> Iterator[tuple[io.StringIO, io.StringIO]]:
-    out, err = io.StringIO(), io.StringIO()
+def _captured(enabled: bool) -> Iterator[tuple[Any, Any]]:
     if not enabled:
-        yield out, err
+        yield io.StringIO(), io.StringIO()
         return
     stdout, stderr = _install_streams()
-    stdout.local.buffer, stderr.local.buffer = out, err
+    out, err = _Capture(stdout.encoding), _Capture(stderr.encoding)
+    stdout.local.target, stderr.local.target = out, err
     try:
         yield out, err
     finally:
-        stdout.local.buffer = stderr.local.buffer = None
+        stdout.local.target = stderr.local.target = None
 
 
 @contextmanager

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import heapq
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -173,7 +174,7 @@ class Scheduler:
                             self.queue_running[queue] -= 1
                             for item in self.parked.pop(queue, ()):
                                 heapq.heappush(ready, item)
-        except KeyboardInterrupt:
+        except BaseException as error:  # Ctrl-C, SIGTERM, or a failure of cpbuild or a plugin
             interrupted = True
             stopped = [(task, before) for task, _, before, _ in running.values()]
             if self._submitting is not None:
@@ -183,7 +184,12 @@ class Scheduler:
                 executor.shutdown(cancel=True)
             for task, before in stopped:
                 self._delete_products(task, before)
+            if not isinstance(error, KeyboardInterrupt):
+                self._end(start, interrupted=True)  # the reporter must stop its display
+                raise
         finally:
+            if "cpbuild.runner" in sys.modules:  # tasks ran in this process: real streams back
+                sys.modules["cpbuild.runner"].uninstall_streams()
             if not interrupted and not self.options.dry_run:
                 self.rebuilder.files.settle_racy()
             self.state.update_files(self.rebuilder.files.take_dirty())
@@ -191,9 +197,12 @@ class Scheduler:
             if not interrupted:
                 for executor in self._executors.values():
                     executor.shutdown()
+        return self._end(start, interrupted)
+
+    def _end(self, start: float, interrupted: bool) -> BuildSummary:
         reports = [self.reports[i] for i in self.ids if i in self.reports]
         summary = BuildSummary(reports, time.perf_counter() - start, interrupted, self.options.dry_run)
-        hook.cpbuild_build_finish(session=self.session, summary=summary)
+        self.session.hook.cpbuild_build_finish(session=self.session, summary=summary)
         return summary
 
     # -- one task -----------------------------------------------------------------------------

@@ -45,6 +45,9 @@ class Session:
         self.mode = "build"  # build | dry-run | list | why | clean: what the reporter shows
         self.hasher = self.hook.cpbuild_make_hasher(config=config)
         self.serializer = self.hook.cpbuild_make_serializer(config=config)
+        if self.hasher is None or self.serializer is None:
+            missing = "hasher" if self.hasher is None else "serializer"
+            raise UsageError(f"no plugin provides a {missing} (was the built-in one blocked with -p no:?)")
         self.storage = self._make_storage(config.storage)
         self.executor_name = config.executor or ("inline" if config.jobs == 1 else "process")
         self.state: State | None = None
@@ -57,7 +60,7 @@ class Session:
     # -- backends -----------------------------------------------------------------------------
 
     def _make_storage(self, name: str) -> Any:
-        storage = self.hook.cpbuild_make_storage(name=name, config=self.config)
+        storage = self.hook.cpbuild_make_storage(name=name, config=self.config, hasher=self.hasher)
         if storage is None:
             known = sorted(n for names in self.hook.cpbuild_storage_names() for n in names)
             raise UsageError(f"unknown storage '{name}' (available: {', '.join(known)})")

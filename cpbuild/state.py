@@ -31,6 +31,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cpbuild.errors import StateError
+
 SCHEMA_VERSION = 3
 
 _SCHEMA = """
@@ -76,6 +78,15 @@ class State:
     def __init__(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "state.db"
+        try:
+            self._open()
+        except sqlite3.DatabaseError as error:
+            raise StateError(
+                f"{self.path} cannot be used ({error}); delete it to start afresh "
+                "(every task then runs once more; products and values are kept)"
+            ) from None
+
+    def _open(self) -> None:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

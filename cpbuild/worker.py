@@ -59,6 +59,23 @@ def _setup(init: dict[str, Any]) -> None:
     os.chdir(init["cwd"])
 
 
+def _exit_with_parent() -> None:
+    """Stop this worker's process group when cpbuild itself dies (SIGKILL, a crash): a worker
+    runs in a session of its own, so nothing else would stop it or the task it runs."""
+    import signal
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="cpbuild-parent-watch", daemon=True).start()
+
+
 def serve(read_fd: int, write_fd: int) -> int:
     from cpbuild.runner import run_job
 
@@ -66,6 +83,7 @@ def serve(read_fd: int, write_fd: int) -> int:
     if init is None:
         return 0
     _setup(pickle.loads(init))
+    _exit_with_parent()
     functions: dict[str, Any] = {}  # digest -> task function, unpickled once per worker
     while True:
         data = read_frame(read_fd)

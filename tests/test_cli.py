@@ -617,3 +617,80 @@ def test_profile_shows_phases_and_the_slowest_tasks(project):
     lines = result.stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("cpbuild profile: collect"))
     assert "task_p.py::slow" in lines[header + 1], "the slowest task comes first"
+
+
+def test_relative_dash_c_and_targets_relative_to_the_invocation_folder(project):
+    project.write("sub/cpbuild.toml", "")
+    project.write(
+        "sub/task_o.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+
+        def task_o(out: Annotated[Path, Product] = Path("out.txt")) -> None:
+            out.write_text("o")
+        """,
+    )
+    (project.path / "elsewhere").mkdir()
+    result = project.run("-C", "../sub", "out.txt", cwd=project.path / "elsewhere")
+    assert result.exit_code == 0, result
+    assert project.read("sub/out.txt") == "o"
+
+
+def test_clean_without_targets_cleans_every_task_not_only_the_defaults(project):
+    project.write(
+        "task_two.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product, task
+
+        def task_a(out: Annotated[Path, Product] = Path("a.txt")) -> None:
+            out.write_text("a")
+
+        @task(default=True)
+        def task_b(out: Annotated[Path, Product] = Path("b.txt")) -> None:
+            out.write_text("b")
+        """,
+    )
+    assert project.run("a", "b").exit_code == 0
+    assert project.run("--clean").exit_code == 0
+    assert not (project.path / "a.txt").exists() and not (project.path / "b.txt").exists()
+
+
+def test_a_hasher_plugin_is_used_for_values_and_objects_alike(project):
+    project.write(
+        "blake.py",
+        """
+        import hashlib
+        from cpbuild.hookspecs import hookimpl
+
+        class Blake:
+            name = "blake2b"
+
+            def bytes_digest(self, data):
+                return hashlib.blake2b(data).hexdigest()
+
+            def file_digest(self, path):
+                with open(path, "rb") as stream:
+                    return hashlib.file_digest(stream, "blake2b").hexdigest()
+
+        @hookimpl(tryfirst=True)
+        def cpbuild_make_hasher(config):
+            return Blake()
+        """,
+    )
+    project.write("cpbuild.toml", 'plugins = ["blake"]\n')
+    project.write(
+        "task_v.py",
+        "from ranlog import ran\n\ndef task_v() -> int:\n    ran('v')\n    return 1\n\n"
+        "def task_w(v: int) -> int:\n    ran('w')\n    return v + 1\n",
+    )
+    first = project.run()
+    assert first.exit_code == 0, first
+    assert first.ran == {"v", "w"}
+    second = project.run()
+    assert second.exit_code == 0 and "corrupted" not in second.output, second
+    assert second.ran == set()
+    assert any(len(p.parent.name + p.name) == 128 for p in (project.path / ".cpbuild/objects").rglob("*") if p.is_file())

@@ -469,3 +469,38 @@ def test_collection_error_keeps_earlier_products_and_fixing_reruns_nothing(proje
     fixed = project.run()
     assert fixed.exit_code == 0, fixed
     assert fixed.ran == set()
+
+
+def test_a_task_module_that_exits_at_import_is_a_collection_error(project):
+    project.write("task_exits.py", "import sys\n\nsys.exit(0)\n\ndef task_a():\n    pass\n")
+    result = project.run()
+    assert result.exit_code == 2, result
+    assert "task_exits.py" in result.stderr and "SystemExit" in result.stderr
+
+
+def test_a_damaged_state_database_is_named_with_what_to_do(project):
+    project.write("task_a.py", "def task_a() -> int:\n    return 1\n")
+    assert project.run().exit_code == 0
+    (project.path / ".cpbuild" / "state.db").write_bytes(b"this is not a database" * 100)
+    for name in ("state.db-wal", "state.db-shm"):
+        (project.path / ".cpbuild" / name).unlink(missing_ok=True)
+    result = project.run()
+    assert result.exit_code == 3, result
+    assert "state.db" in result.stderr and "delete it" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_unwritable_report_path_is_an_error_without_traceback(project):
+    project.write("task_a.py", "def task_a() -> int:\n    return 1\n")
+    (project.path / "blocker").write_text("a file, not a folder")
+    result = project.run("--json-report", "blocker/report.json")
+    assert result.exit_code == 4, result
+    assert "blocker" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_remote_cache_without_a_plugin_is_a_config_error(project):
+    project.write("task_a.py", "def task_a() -> int:\n    return 1\n")
+    project.write("cpbuild.toml", 'remote_cache = "sftp://host/cache"\n')
+    result = project.run()
+    assert result.exit_code == 4
+    assert "remote_cache" in result.stderr and "plugin" in result.stderr

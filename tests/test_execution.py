@@ -424,3 +424,57 @@ def test_log_of_a_task_without_output_explains_why_there_is_none(project):
     quiet = project.run("--log", "s0")
     assert quiet.exit_code == 4
     assert "printed nothing" in quiet.stderr
+
+
+def test_stdout_buffer_and_breakpoint_work_under_capture(project):
+    project.write("debughook.py", "def hook(*args, **kwargs):\n    print('IN THE DEBUGGER')\n")
+    project.write(
+        "task_dbg.py",
+        """
+        import sys
+
+        def task_binary() -> None:
+            sys.stdout.buffer.write(b"bytes written\\n")
+
+        def task_dbg() -> None:
+            print("captured before the breakpoint")
+            breakpoint()
+        """,
+    )
+    result = project.run(PYTHONBREAKPOINT="debughook.hook")
+    assert result.exit_code == 0, result
+    assert "IN THE DEBUGGER" in result.stdout, "capture is suspended at a breakpoint"
+    assert "captured before the breakpoint" not in result.stdout
+
+
+def test_sigterm_stops_workers_and_leaves_no_partial_product(project):
+    project.write(
+        "task_term.py",
+        """
+        import os
+        import time
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+
+        def task_long(out: Annotated[Path, Product] = Path("long.txt")) -> None:
+            out.write_text(str(os.getpid()))
+            time.sleep(60)
+        """,
+    )
+    process = subprocess.Popen(
+        project.command("-j2", "--executor", "process"), cwd=project.path, env=project.env(),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    product = project.path / "long.txt"
+    deadline = time.monotonic() + 30
+    while not (product.exists() and product.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker = int(product.read_text())
+    process.terminate()
+    assert process.wait(timeout=30) == 2
+    assert not product.exists()
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker), "the worker outlived cpbuild"

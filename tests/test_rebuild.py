@@ -316,7 +316,7 @@ def test_third_party_library_is_tracked_by_version(project):
     )
     project.run()
     why = project.run("--why", "uses_lib", "-v")
-    assert "library pluggy" in why.stdout, why
+    assert "library   pluggy: " in why.stdout, why
 
 
 def test_return_to_earlier_code_reruns_nothing_for_value_tasks(project):

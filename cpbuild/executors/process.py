@@ -64,6 +64,17 @@ def kill_group(process: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> N
         process.wait()
 
 
+def _cancel_queued(jobs: queue.SimpleQueue[Any]) -> None:
+    """Cancel the futures of jobs no worker has taken yet."""
+    while True:
+        try:
+            item = jobs.get_nowait()
+        except queue.Empty:
+            return
+        if item is not None:
+            item[1].cancel()
+
+
 class _Worker:
     """One worker process and the two pipe ends the main process holds."""
 
@@ -199,6 +210,7 @@ class ProcessExecutor:
     def shutdown(self, cancel: bool = False) -> None:
         self._closing = cancel
         if cancel:
+            _cancel_queued(self._queue)
             with self._lock:
                 workers = list(self._workers.values())
             for worker in workers:

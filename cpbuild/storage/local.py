@@ -44,6 +44,7 @@ class LocalStorage:
             print(f"cpbuild: warning: object {digest[:12]} in {self.folder} is corrupted; "
                   "it is deleted and will be rebuilt", file=sys.stderr)
             path.unlink(missing_ok=True)
+            self._present.discard(digest)
             return None
         return data
 
@@ -85,9 +86,7 @@ def cpbuild_storage_names() -> list[str]:
 
 
 @hookimpl
-def cpbuild_make_storage(name: str, config: Any) -> LocalStorage | None:
+def cpbuild_make_storage(name: str, config: Any, hasher: Any) -> LocalStorage | None:
     if name != "local":
         return None
-    from cpbuild.hashing import Sha256Hasher
-
-    return LocalStorage(config.cache_path / "objects", Sha256Hasher())
+    return LocalStorage(config.cache_path / "objects", hasher)
