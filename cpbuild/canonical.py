@@ -2,12 +2,14 @@
 
 A canonical form must not depend on dict insertion order, set iteration order or
 ``PYTHONHASHSEED`` (checkpointing's bug), and must keep types apart: ``(1, 2)`` and ``[1, 2]``
-are different arguments (taskproc's bug). Paths under the project root are written relative to
+are different arguments (taskproc's bug). Named tuples, enum members and dataclass instances
+made of simple values are simple too (their type's name is part of the text). Paths under the project root are written relative to
 it so that keys are portable between checkouts.
 """
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -25,14 +27,6 @@ def canonical(value: Any, root: Path | None = None) -> str:
     """Return the canonical text of ``value`` or raise ``NotSimple``."""
     budget = [MAX_ELEMENTS]
     return _encode(value, root, budget)
-
-
-def is_simple(value: Any, root: Path | None = None) -> bool:
-    try:
-        canonical(value, root)
-    except NotSimple:
-        return False
-    return True
 
 
 def _encode(value: Any, root: Path | None, budget: list[int]) -> str:
@@ -64,6 +58,16 @@ def _encode(value: Any, root: Path | None, budget: list[int]) -> str:
     if kind is set or kind is frozenset:
         inner = ",".join(sorted(_encode(v, root, budget) for v in value))
         return f"{kind.__name__}({{{inner}}})"
+    # Records of simple values: named tuples, enum members, dataclass instances.
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(value, tuple) and hasattr(kind, "_fields"):
+        return name + "(" + ",".join(_encode(v, root, budget) for v in value) + ")"
+    if isinstance(value, enum.Enum):
+        return f"{name}.{value.name}={_encode(value.value, root, budget)}"
+    fields = getattr(kind, "__dataclass_fields__", None)
+    if fields is not None:
+        inner = ",".join(f"{f}={_encode(getattr(value, f), root, budget)}" for f in fields)
+        return f"{name}({inner})"
     raise NotSimple(kind.__qualname__)
 
 

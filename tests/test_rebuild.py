@@ -537,3 +537,56 @@ def test_classes_defined_in_functions_are_told_apart(project):
     assert project.run().ran == {"use"}
     edit(project, "runners.py", 'return "b"', 'return "B"')
     assert project.run().ran == {"use"}
+
+
+def test_named_tuple_enum_and_dataclass_constants_are_tracked_by_value(project):
+    project.write(
+        "settings.py",
+        """
+        import enum
+        from dataclasses import dataclass
+        from typing import NamedTuple
+
+        class Point(NamedTuple):
+            x: int
+            y: int
+
+        class Mode(enum.Enum):
+            FAST = 1
+            SLOW = 2
+
+        @dataclass(frozen=True)
+        class Config:
+            rate: float
+
+        ORIGIN = Point(0, 0)
+        MODE = Mode.FAST
+        CONFIG = Config(0.5)
+        """,
+    )
+    project.write(
+        "task_settings.py",
+        """
+        from settings import CONFIG, MODE, ORIGIN
+        from ranlog import ran
+
+        def task_origin() -> int:
+            ran("origin")
+            return ORIGIN.x
+
+        def task_mode() -> str:
+            ran("mode")
+            return MODE.name
+
+        def task_config() -> float:
+            ran("config")
+            return CONFIG.rate
+        """,
+    )
+    assert project.run().ran == {"origin", "mode", "config"}
+    edit(project, "settings.py", "ORIGIN = Point(0, 0)", "ORIGIN = Point(1, 0)")
+    assert project.run().ran == {"origin"}
+    edit(project, "settings.py", "MODE = Mode.FAST", "MODE = Mode.SLOW")
+    assert project.run().ran == {"mode"}
+    edit(project, "settings.py", "CONFIG = Config(0.5)", "CONFIG = Config(0.7)")
+    assert project.run().ran == {"config"}
