@@ -100,8 +100,9 @@ def run() -> None:
     flushed. Then the atexit handlers run and the process exits at once. When a task ran, its
     objects may hold unflushed files, so the normal exit is kept.
     """
-    code = main()
-    if gc.isenabled():  # the scheduler re-enabled the collector: a task ran here
+    invocation = Invocation()
+    code = main(invocation=invocation)
+    if invocation.tasks_ran:
         raise SystemExit(code)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -109,39 +110,56 @@ def run() -> None:
     os._exit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
+class Invocation:
+    """What one command did that its caller may need: whether task code ran in this process."""
+
+    tasks_ran = False
+
+
+def main(argv: list[str] | None = None, invocation: Invocation | None = None) -> int:
+    """Run one cpbuild command and return its exit code."""
     # Collecting thousands of tasks allocates many long-lived objects and few cycles; the cyclic
     # collector would scan them again and again (about 10% of a no-op). The scheduler turns it
-    # back on before the first task runs.
+    # back on before the first task runs; it is restored on return.
+    collecting = gc.isenabled()
     gc.disable()
     argv = sys.argv[1:] if argv is None else list(argv)
+    invocation = invocation or Invocation()
     _stop_on_termination()
     try:
-        return int(_main(argv))
+        return int(_main(argv, invocation))
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _main(argv: list[str], invocation: Invocation) -> ExitCode:
+    try:
+        return _command(argv, invocation)
     except CollectionError as error:
         _error_lines("collection failed", error.errors)
-        return int(error.exit_code)
+        return error.exit_code
     except CpbuildError as error:
         print(f"cpbuild: error: {error}", file=sys.stderr)
-        return int(error.exit_code)
+        return error.exit_code
     except KeyboardInterrupt:
         print("cpbuild: interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:
         # The reader of our output went away (cpbuild --list | head): stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return int(ExitCode.INTERRUPTED)
+        return ExitCode.INTERRUPTED
     except OSError as error:  # the file system refused: a cache folder, a report path
         where = f"{error.filename}: " if error.filename else ""
         print(f"cpbuild: error: {where}{error.strerror or error}", file=sys.stderr)
-        return int(ExitCode.USAGE_ERROR)
+        return ExitCode.USAGE_ERROR
     except Exception:
         import traceback
 
         traceback.print_exc()
         print("cpbuild: internal error (a bug in cpbuild or a plugin; please report it with the "
               "traceback above)", file=sys.stderr)
-        return int(ExitCode.INTERNAL_ERROR)
+        return ExitCode.INTERNAL_ERROR
 
 
 def _stop_on_termination() -> None:
@@ -167,7 +185,7 @@ def _error_lines(title: str, errors: list[str]) -> None:
     stream.flush()
 
 
-def _main(argv: list[str]) -> ExitCode:
+def _command(argv: list[str], invocation: Invocation) -> ExitCode:
     from cpbuild.config import build_config, read_config
     from cpbuild.environment import Environment
     from cpbuild.plugins import make_plugin_manager
@@ -214,7 +232,7 @@ def _main(argv: list[str]) -> ExitCode:
     pm.hook.cpbuild_configure.call_historic(kwargs={"config": config, "options": options})
     os.chdir(config.root)  # tasks see the project root as their working directory
     try:
-        return _run(config, options, pm, directory.resolve(), environment)
+        return _run(config, options, pm, directory, environment, invocation)
     finally:
         environment.save()
 
@@ -230,7 +248,14 @@ def _version(pm: Any, environment: Any) -> ExitCode:
     return ExitCode.OK
 
 
-def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path, environment: Any) -> ExitCode:
+def _run(
+    config: Any,
+    options: argparse.Namespace,
+    pm: Any,
+    cwd: Path,
+    environment: Any,
+    invocation: Invocation,
+) -> ExitCode:
     from cpbuild.lock import BuildLock
     from cpbuild.session import Session
 
@@ -239,6 +264,7 @@ def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path, environme
         from cpbuild.watch import watch
 
         lock.acquire(wait=not options.no_wait)
+        invocation.tasks_ran = True  # a long-lived process: exit normally
         try:
             return watch(config, options, pm, cwd, environment)
         finally:
@@ -247,6 +273,7 @@ def _run(config: Any, options: argparse.Namespace, pm: Any, cwd: Path, environme
     try:
         return run_once(session, lock)
     finally:
+        invocation.tasks_ran = session.tasks_ran
         session.close()  # writes the state snapshot: still under the lock
         lock.release()
 

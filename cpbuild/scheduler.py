@@ -262,6 +262,7 @@ class Scheduler:
 
     def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[str, Any], Any]:
         gc.enable()  # the CLI turns the collector off for collection; user code needs it
+        self.session.tasks_ran = True
         before = {}
         for product in task.product_files:
             folder = os.path.dirname(product)

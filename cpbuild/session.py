@@ -56,6 +56,7 @@ class Session:
         self.last_summary: BuildSummary | None = None
         self._files: FileDigests | None = None
         self._code: CodeTracker | None = None
+        self.tasks_ran = False  # set by the scheduler when task code runs in this process
 
     # -- backends -----------------------------------------------------------------------------
 
