@@ -189,6 +189,7 @@ def _command(argv: list[str], invocation: Invocation) -> ExitCode:
     from cpbuild.config import build_config, read_config
     from cpbuild.environment import Environment
     from cpbuild.plugins import make_plugin_manager
+    from cpbuild.project import add_import_paths
 
     requested, directory = _early(argv)
     directory = directory.resolve()  # before cpbuild changes into the project root
@@ -200,9 +201,7 @@ def _command(argv: list[str], invocation: Invocation) -> ExitCode:
         if "--version" not in argv:
             raise
         root, source, table = directory.resolve(), None, {}
-    for folder in (root / "src", root):  # DESIGN §3 rule 3: the project root is importable
-        if folder.is_dir() and str(folder) not in sys.path:
-            sys.path.insert(0, str(folder))
+    add_import_paths(root)  # before plugins load: a plugin module may live in the project
     cache_dir = table.get("cache_dir", ".cpbuild")
     environment = Environment(root / (cache_dir if isinstance(cache_dir, str) else ".cpbuild") / "environment", root)
     config_plugins = table.get("plugins", [])

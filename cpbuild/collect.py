@@ -27,12 +27,8 @@ from cpbuild.api import DECLARATIONS, MARKERS, Declaration, Mark, Needs, Product
 from cpbuild.errors import CollectionError
 from cpbuild.hookspecs import hookimpl
 from cpbuild.model import Param, ParamKind, Task, is_path_structure, leaves, map_paths
+from cpbuild.project import IGNORED_DIRS, TASK_MODULE_PREFIX
 
-#: Folders never searched for task files: version control, caches, virtual environments.
-IGNORED_DIRS = frozenset(
-    {".git", ".hg", ".svn", "__pycache__", "node_modules", ".tox", ".nox", ".venv", "venv",
-     ".mypy_cache", ".pytest_cache", ".ruff_cache", "site-packages", ".ipynb_checkpoints"}
-)
 TASK_FILE_PATTERN = "task_*.py"
 
 
@@ -81,7 +77,7 @@ def _package_root(folder: Path) -> Path | None:
 
 def synthetic_module_name(rel: str) -> str:
     stem = re.sub(r"\W", "_", rel.removesuffix(".py").replace("/", "__"))
-    return f"cpbuild_tasks_{stem}"
+    return f"{TASK_MODULE_PREFIX}{stem}"
 
 
 def import_task_module(path: Path, root: Path) -> types.ModuleType:

@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-#: Folders changed this recently may change again within the timestamp granularity unseen.
-_RACY_NS = 100_000_000
+from cpbuild.project import RACY_NS, is_installation
+
 _FORMAT = 1
 
 
@@ -39,7 +39,7 @@ class Environment:
         result = []
         for entry in sys.path:
             folder = entry or os.getcwd()
-            if project and (folder + os.sep).startswith(project) and not _is_installation(folder):
+            if project and (folder + os.sep).startswith(project) and not is_installation(folder):
                 continue  # the project's own folders change with every edit (not its .venv)
             try:
                 result.append((folder, os.stat(folder).st_mtime_ns))
@@ -66,7 +66,7 @@ class Environment:
         if not self._changed or self.cache_file is None:
             return
         now = _time_ns()
-        if any(now - mtime < _RACY_NS for _, mtime in self.signature):
+        if any(now - mtime < RACY_NS for _, mtime in self.signature):
             return
         data = {
             "format": _FORMAT,
@@ -126,11 +126,6 @@ def _distribution_version(top: str) -> str:
         return ", ".join(sorted(versions))
     module: Any = sys.modules.get(top)
     return str(getattr(module, "__version__", "unknown version"))
-
-
-def _is_installation(folder: str) -> bool:
-    parts = folder.split(os.sep)
-    return "site-packages" in parts or "dist-packages" in parts
 
 
 def _time_ns() -> int:

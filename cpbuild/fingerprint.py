@@ -29,6 +29,7 @@ from typing import Any
 
 from cpbuild.canonical import NotSimple, canonical
 from cpbuild.model import is_cpbuild_object
+from cpbuild.project import RACY_NS, is_installation, is_project_file
 
 #: Item kinds, the prefix of an item's name.
 FUNCTION = "function"
@@ -40,14 +41,8 @@ OBJECT = "object"
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 
-#: A file modified this recently may be modified again within the file system's timestamp
-#: granularity without its stat changing ("racy", as git calls it): what was read from it is
-#: used for this build but not remembered across builds.
-RACY_NS = 100_000_000
 #: Part of every code-cache key: change it whenever what an analysis computes changes.
 ANALYSIS_VERSION = "2"
-_CPBUILD_DIR = Path(__file__).resolve().parent
-_SITE_DIRS = ("site-packages", "dist-packages")
 
 
 def _digest(text: str) -> str:
@@ -121,18 +116,14 @@ class CodeTracker:
         if cached is not ...:
             return cached
         result: str | None = None
-        try:
-            path = Path(filename).resolve()
-        except OSError:
-            path = None
-        if path is not None and not path.is_relative_to(_CPBUILD_DIR):
-            in_site = any(part in _SITE_DIRS for part in path.parts)
-            if path.is_relative_to(self.root) and not in_site:
-                result = path.relative_to(self.root).as_posix()
-            elif module and module.partition(".")[0] in self.project_packages:
-                # A src-layout package installed without -e lives in site-packages and is
-                # still the user's own code.
-                result = module.replace(".", "/") + path.suffix
+        path = os.path.realpath(filename)
+        root = str(self.root)
+        if is_project_file(path, root):
+            result = path[len(root) + 1 :].replace(os.sep, "/")
+        elif module and module.partition(".")[0] in self.project_packages and is_installation(path):
+            # A src-layout package installed without -e lives in site-packages and is still
+            # the user's own code.
+            result = module.replace(".", "/") + os.path.splitext(path)[1]
         self._project_file[filename] = result
         return result
 

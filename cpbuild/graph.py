@@ -14,6 +14,7 @@ from typing import Any
 from cpbuild.errors import CollectionError, UsageError
 from cpbuild.expression import compile_expression
 from cpbuild.model import ParamKind, Task
+from cpbuild.project import relative
 
 
 class Graph:
@@ -21,7 +22,7 @@ class Graph:
 
     def __init__(self, tasks: Iterable[Task], root: Path) -> None:
         self.root = root
-        self._root_prefix = str(root) + os.sep
+        self._root = str(root)
         self.tasks: dict[str, Task] = {}
         self.by_name: dict[str, list[str]] = {}
         self.by_base: dict[str, list[str]] = {}
@@ -57,9 +58,7 @@ class Graph:
 
     def rel(self, path: str | Path) -> str:
         """A path relative to the project root (as users write it), else absolute."""
-        text = os.fspath(path)
-        prefix = self._root_prefix
-        return text[len(prefix) :].replace(os.sep, "/") if text.startswith(prefix) else text
+        return relative(os.fspath(path), self._root)
 
     # -- resolution --------------------------------------------------------------------------
 

@@ -21,6 +21,8 @@ import os
 import sys
 from typing import Any
 
+from cpbuild.project import is_installation
+
 _CHECKED_HASH = (0b11).to_bytes(4, "little")  # PEP 552 flags: hash-based, check the source
 
 
@@ -70,7 +72,7 @@ def install(root: str) -> None:
 
     def hook(path: str) -> Any:
         folder = os.path.abspath(path or os.getcwd())
-        if not (folder + os.sep).startswith(prefix) or _is_environment(folder):
+        if not (folder + os.sep).startswith(prefix) or is_installation(folder):
             raise ImportError("not a project folder")  # the next hook handles it
         return project_hook(folder)
 
@@ -79,11 +81,6 @@ def install(root: str) -> None:
     for path in list(sys.path_importer_cache):
         if (os.path.abspath(path or os.getcwd()) + os.sep).startswith(prefix):
             del sys.path_importer_cache[path]
-
-
-def _is_environment(folder: str) -> bool:
-    parts = folder.split(os.sep)
-    return "site-packages" in parts or "dist-packages" in parts
 
 
 def spec_for_file(name: str, path: str) -> Any:

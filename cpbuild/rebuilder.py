@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cpbuild.canonical import NotSimple, canonical, short_repr
-from cpbuild.fingerprint import RACY_NS, CodeTracker
+from cpbuild.fingerprint import CodeTracker
 from cpbuild.model import Task
+from cpbuild.project import RACY_NS
 from cpbuild.state import Record, State, StatEntry
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -140,10 +141,6 @@ class Rebuilder:
         self.extras = extras  # hook caller for cpbuild_key_extras
         self._root_prefix = str(root) + os.sep
         self._has_extras = bool(extras.get_hookimpls())
-
-    def rel(self, path: str) -> str:
-        prefix = self._root_prefix
-        return path[len(prefix) :].replace(os.sep, "/") if path.startswith(prefix) else path
 
     # -- parts ------------------------------------------------------------------------------
 

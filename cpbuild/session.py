@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from cpbuild import loader
+from cpbuild import loader, project
 from cpbuild.collect import find_files
 from cpbuild.config import Config
 from cpbuild.environment import Environment
@@ -150,9 +149,7 @@ class Session:
         edited while the build runs (the next build then sees the edit).
         """
         root = self.config.root
-        for folder in (root / "src", root):
-            if folder.is_dir() and str(folder) not in sys.path:
-                sys.path.insert(0, str(folder))
+        project.add_import_paths(root)
         loader.install(str(root))
         patterns = sorted({p for ps in self.hook.cpbuild_collect_patterns() for p in ps})
         files = find_files(root, self.config.paths, patterns, skip=[self.config.cache_path])

@@ -60,9 +60,9 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 
-from cpbuild.collect import IGNORED_DIRS
 from cpbuild.errors import CollectionError, CpbuildError, ExitCode, UsageError
 from cpbuild.hookspecs import hookimpl
+from cpbuild.project import IGNORED_DIRS, RACY_NS, project_modules, relative
 
 #: Seconds of quiet after the last event before a cycle starts (watchexec's default).
 DEBOUNCE = 0.05
@@ -70,9 +70,6 @@ DEBOUNCE = 0.05
 MAX_DELAY = 0.5
 #: Seconds between two scans of a folder when polling (no inotify, or its limits are reached).
 POLL_INTERVAL = 0.5
-#: A file whose mtime is this close to the moment its digest was taken may change again without
-#: its stat changing (coarse file-system clocks): it is hashed again rather than trusted.
-RACY_NS = 100_000_000
 #: A file modified this shortly before a cycle started (or later) may have been read by the
 #: cycle with other contents than it has now: it counts as changed at its next event. (Linux
 #: stamps files with a clock that may lag by a scheduler tick, up to 10 ms.)
@@ -94,7 +91,6 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirMovedEvent,
 ]
 
-_SITE_DIRS = frozenset({"site-packages", "dist-packages"})
 _CPBUILD_DIR = str(Path(__file__).resolve().parent)
 _CLEAR = "\033[2J\033[H"
 
@@ -175,35 +171,6 @@ def _in_ignored_dir(path: str, base: str) -> bool:
         return False
     parts = path[len(base) + 1 :].split(os.sep)[:-1]
     return any(p in IGNORED_DIRS or p.startswith(".") for p in parts)
-
-
-def is_project_file(file: str, root: str) -> bool:
-    """A module file that is the project's own code (not cpbuild, not an environment's)."""
-    if not file.startswith(root + os.sep) or file.startswith(_CPBUILD_DIR + os.sep):
-        return False
-    parts = file[len(root) + 1 :].split(os.sep)[:-1]
-    return not any(p in _SITE_DIRS or p in IGNORED_DIRS for p in parts)
-
-
-def project_modules(root: str, keep: Iterable[Any] = ()) -> dict[str, str]:
-    """Module name -> file for the project modules in ``sys.modules`` (those a new cycle must
-    import afresh), except the module objects in ``keep`` (plugins of the running process)."""
-    kept = {id(m) for m in keep}
-    found = {}
-    for name, module in list(sys.modules.items()):
-        if name == "__main__" or id(module) in kept:
-            continue
-        file = getattr(module, "__file__", None)
-        if file:
-            if name.startswith("cpbuild_tasks_") or is_project_file(file, root):
-                found[name] = file
-        elif name.startswith("cpbuild_tasks_"):
-            found[name] = ""
-        else:  # a namespace package of the project
-            paths = list(getattr(module, "__path__", ()) or ())
-            if paths and all(is_project_file(os.path.join(p, "x"), root) for p in paths):
-                found[name] = ""
-    return found
 
 
 def purge_project_modules(root: str, keep: Iterable[Any] = ()) -> int:
@@ -440,9 +407,7 @@ class Watcher:
         stream.flush()
 
     def rel(self, path: str) -> str:
-        if path.startswith(self.root + os.sep):
-            return path[len(self.root) + 1 :].replace(os.sep, "/")
-        return path
+        return relative(path, self.root)
 
     # -- events (watchdog's thread) ---------------------------------------------------------------
 

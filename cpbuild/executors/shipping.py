@@ -13,20 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-_SITE_DIRS = ("site-packages", "dist-packages")
+from cpbuild import project
 
 
 def project_modules(root: Path) -> list[Any]:
-    """Modules whose file lies in the project (not in a virtual environment)."""
-    root_text = str(root) + os.sep
-    modules = []
-    for name, module in list(sys.modules.items()):
-        file = getattr(module, "__file__", None)
-        if not file or name.startswith("cpbuild.") or name == "cpbuild":
-            continue
-        if file.startswith(root_text) and not any(s in file for s in _SITE_DIRS):
-            modules.append(module)
-    return modules
+    """The project's module objects (see ``cpbuild.project``)."""
+    return [sys.modules[name] for name in project.project_modules(str(root)) if name in sys.modules]
 
 
 def dumps_job(job: Any, root: Path) -> bytes:
