@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "process": "cpbuild.executors:PROCESS",
     "prefix": "cpbuild.executors:PREFIX",
     "terminal": "cpbuild.report:TerminalReporter",
+    "json-report": "cpbuild.jsonreport",
 }
 
 

@@ -15,7 +15,7 @@ One process, three threads:
   ``--restart`` asks it to stop the build as soon as a change is confirmed.
 * the main thread runs the cycles: it drops the project's modules from ``sys.modules``, makes a
   new ``Session`` (a new code tracker, so edited modules are re-imported and re-parsed) and calls
-  ``cli.run_once``: only tasks whose key changed run. A collection error is shown and the watch
+  ``commands.run_once``: only tasks whose key changed run. A collection error is shown and the watch
   goes on with the last good view until the file is fixed.
 
 Ctrl-C (or SIGTERM) exits with code 0; the scheduler deletes what an interrupted task wrote.
@@ -750,7 +750,7 @@ class Watcher:
         return changes
 
     def _cycle(self, changes: list[str]) -> None:
-        from cpbuild.cli import run_once
+        from cpbuild.commands import run_once
         from cpbuild.session import Session
 
         self.cycles += 1
