@@ -17,6 +17,9 @@ from typing import Any
 
 from cpbuild.errors import CollectionError, ConfigError, CpbuildError, ExitCode, UsageError
 
+#: ``--graph`` formats (cpbuild.export renders them; not imported here, to keep startup lean).
+GRAPH_FORMATS = ("mermaid", "dot", "json", "html")
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse exits with 2 on bad usage; cpbuild's usage errors exit with 4."""
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run at most N tasks of queue NAME at once (repeatable; overrides [queues])")
     add("--log", metavar="TASK", help="print the output of TASK's last run")
     add("--profile", action="store_true", help="after the build, show where cpbuild's time went and the slowest tasks")
-    add("--graph", choices=("mermaid", "dot", "json", "html"), metavar="FORMAT",
+    add("--graph", choices=GRAPH_FORMATS, metavar="FORMAT",
         help="print the selected tasks' graph as mermaid, dot, json (node-link) or html")
     add("--no-wait", action="store_true", help="fail instead of waiting when another cpbuild holds the project")
     add("-s", dest="no_capture", action="store_true", help="do not capture the tasks' output")

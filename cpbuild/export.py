@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-FORMATS = ("mermaid", "dot", "json", "html")
-
 
 def to_networkx(graph: Any, ids: list[str]) -> Any:
     import networkx as nx

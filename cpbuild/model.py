@@ -61,6 +61,20 @@ class Task:
         return hash(self.id)
 
 
+class Record(NamedTuple):
+    """A successful build of one key (a tuple: thousands are loaded per build)."""
+
+    key: str
+    task: str
+    value: str | None  # digest of the serialized return value
+    products: dict[str, str]  # project-relative path -> content digest
+    duration: float
+
+
+#: (dev, ino, size, mtime_ns, digest)
+StatEntry = tuple[int, int, int, int, str]
+
+
 def is_path_structure(value: Any) -> bool:
     """A Path, or a non-empty list/tuple/dict whose leaves are all Paths (DESIGN §3 rule 2)."""
     if isinstance(value, Path):

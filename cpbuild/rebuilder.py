@@ -15,13 +15,15 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpbuild.canonical import NotSimple, canonical, short_repr
 from cpbuild.fingerprint import CodeTracker
-from cpbuild.model import Task
+from cpbuild.model import Record, StatEntry, Task
 from cpbuild.project import RACY_NS
-from cpbuild.state import Record, State, StatEntry
+
+if TYPE_CHECKING:
+    from cpbuild.state import State
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 

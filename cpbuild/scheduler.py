@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpbuild.errors import ExitCode
-from cpbuild.model import Task, map_paths
+from cpbuild.model import Record, Task, map_paths
 from cpbuild.rebuilder import Decision, TaskKeyError
-from cpbuild.state import Record
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

@@ -1,8 +1,8 @@
 """Static analysis of Python source for code keys: parse, normalize, find loaded names.
 
 Imported only when a source file must actually be parsed: a no-op build whose task and helper
-files are unchanged takes every function's analysis from the state's code cache and never
-imports ``ast``.
+files are unchanged takes every function's analysis from the state's code cache and parses
+nothing.
 """
 
 from __future__ import annotations

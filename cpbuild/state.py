@@ -1,6 +1,6 @@
 """The build state: which keys were built with which results, and the stat cache.
 
-One SQLite database (WAL mode) in the cache folder, ``state.db``, with three tables:
+One SQLite database (WAL mode) in the cache folder, ``state.db``, with these tables:
 
 ``records``  one row per built key (constructive traces): the task id, the digest of its value,
              the digests of its products, the parts of its key (for ``--why``) and its duration.
@@ -9,18 +9,19 @@ One SQLite database (WAL mode) in the cache folder, ``state.db``, with three tab
 ``latest``   task id -> the key of its most recent successful build.
 ``files``    the stat cache: path -> (device, inode, size, mtime_ns, digest). A file whose stat is
              unchanged is not read again.
-
 ``code``     the code cache: analyses of functions and classes by file, size and mtime
              (``cpbuild.fingerprint.CodeTracker``), so unchanged files are not parsed again.
+``meta``     one row: the generation, a counter of writers.
 ``snapshot`` one row: ``latest`` joined with ``records`` (without the bulky key parts) and
              ``files`` and ``code``, marshalled into one blob, with the ``generation`` it reflects.
 
-Every write transaction bumps ``meta.generation``. A build loads the snapshot in one read when
-its generation is current (the usual case), and falls back to reading the tables when it is
-not (after a crash, or an older cpbuild); it writes the snapshot anew when it closes after
-having changed anything. Tasks are recorded one transaction per finished task; nothing is
-recorded for a task before it fully succeeded. Row data is ``marshal``-encoded: the fastest
-codec in the standard library, stable across the Python versions whose keys it stores.
+A process's first write transaction bumps the generation, which marks the snapshot stale should
+the process die; ``close()`` writes a fresh snapshot when the process changed anything. A build
+loads the snapshot in one read when its generation is current (the usual case), and falls back
+to reading the tables when it is not (after a crash). Tasks are recorded one transaction per
+finished task; nothing is recorded for a task before it fully succeeded. Row data is
+``marshal``-encoded: the fastest codec in the standard library, stable across the Python
+versions whose keys it stores.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ import marshal
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from cpbuild.errors import StateError
+from cpbuild.model import Record, StatEntry
 
 SCHEMA_VERSION = 3
 
@@ -56,20 +58,6 @@ CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL, data BLOB NOT NULL
 );
 """
-
-
-class Record(NamedTuple):
-    """A successful build of one key (a tuple: thousands are loaded per build)."""
-
-    key: str
-    task: str
-    value: str | None  # digest of the serialized return value
-    products: dict[str, str]  # project-relative path -> content digest
-    duration: float
-
-
-#: (dev, ino, size, mtime_ns, digest)
-StatEntry = tuple[int, int, int, int, str]
 
 
 class State:
@@ -109,7 +97,6 @@ class State:
         row = self._db.execute(
             "SELECT m.generation, s.generation, s.data FROM meta m LEFT JOIN snapshot s"
         ).fetchone()
-        self.generation = row[0]
         if row[1] == row[0]:
             latest, self.files, self.code = marshal.loads(row[2])
             self.latest = {task: Record(*fields) for task, fields in latest.items()}

@@ -14,7 +14,6 @@ from cpbuild.runner import Job, Outcome, run_job
 
 class InlineExecutor:
     name = "inline"
-    capacity = 1
 
     def submit(self, job: Job) -> Future[Outcome]:
         future: Future[Outcome] = Future()

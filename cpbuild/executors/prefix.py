@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cpbuild.executors.process import describe_exit, kill_group
+from cpbuild.executors.procgroup import describe_exit, kill_group
 from cpbuild.executors.shipping import dumps_job, prepare, worker_init
 from cpbuild.runner import Job, Outcome
 
@@ -31,7 +31,6 @@ class PrefixExecutor:
     name = "prefix"
 
     def __init__(self, jobs: int, root: Path, folder: Path) -> None:
-        self.capacity = jobs
         self.root = root
         self.folder = folder
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cpbuild-prefix")

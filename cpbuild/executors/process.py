@@ -18,7 +18,6 @@ import os
 import pickle
 import queue
 import select
-import signal
 import subprocess
 import sys
 import threading
@@ -27,41 +26,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+from cpbuild.executors.procgroup import describe_exit, kill_group
 from cpbuild.executors.shipping import JobPacker, prepare, worker_init
 from cpbuild.runner import Job, Outcome
 from cpbuild.worker import read_frame, write_frame
-
-#: Seconds between SIGTERM and SIGKILL when stopping a worker's process group.
-KILL_GRACE = 2.0
-
-
-def describe_exit(returncode: int | None) -> str:
-    if returncode is None:
-        return "still running"
-    if returncode < 0:
-        try:
-            return f"killed by signal {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
-
-
-def kill_group(process: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None:
-    """SIGTERM the process group, then SIGKILL what is left after ``grace`` seconds."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait()
 
 
 def _cancel_queued(jobs: queue.SimpleQueue[Any]) -> None:
@@ -111,7 +79,6 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, jobs: int, root: Path) -> None:
-        self.capacity = jobs
         self.queue_ahead = jobs  # tasks waiting here while others run: no idle worker between tasks
         self.root = root
         self._packer = JobPacker(root)

@@ -71,7 +71,6 @@ class DaskExecutor:
                 f"the dask executor needs dask.distributed ({error}); install it with "
                 "pip install 'dask[distributed]'"
             ) from None
-        self.capacity = jobs
         self.root = Path(root)
         self.address = address
         self._lock = threading.Lock()
