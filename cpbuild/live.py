@@ -10,6 +10,7 @@ never built count as the mean of the known ones), divided by the number of jobs.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ class LiveDisplay:
         self.default_duration = sum(known) / len(known) if known else 0.0
         self.remaining = dict(expected)
         self.running: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()  # rich redraws from its own thread
         self.progress = Progress(
             TextColumn("[bold]cpbuild"),
             BarColumn(),
@@ -44,30 +46,33 @@ class LiveDisplay:
         )
         self.live.start()
 
-    def _eta(self) -> str:
-        seconds = sum(
-            d if d > 0 else self.default_duration for d in self.remaining.values()
-        ) / self.jobs
+    def _eta(self, running: list[tuple[str, tuple[str, float]]], remaining: list[float]) -> str:
+        seconds = sum(d if d > 0 else self.default_duration for d in remaining) / self.jobs
         now = time.monotonic()
         # Time already spent on running tasks counts against their expected durations.
-        for task_id, (_, started) in self.running.items():
-            seconds -= min(now - started, self.remaining.get(task_id, 0.0)) / self.jobs
+        for task_id, (_, started) in running:
+            seconds -= min(now - started, self.expected.get(task_id, 0.0)) / self.jobs
         return f"ETA {seconds:.0f}s" if seconds >= 1 else ""
 
     def _render(self) -> Group:
-        self.progress.update(self.bar, eta=self._eta())
+        with self._lock:
+            running = list(self.running.items())
+            remaining = list(self.remaining.values())
+        self.progress.update(self.bar, eta=self._eta(running, remaining))
         table = Table.grid(padding=(0, 1))
         now = time.monotonic()
-        for name, started in sorted(self.running.values(), key=lambda item: item[1]):
+        for name, started in sorted((entry for _, entry in running), key=lambda item: item[1]):
             table.add_row(Text("  running", style="cyan"), Text(name), Text(f"{now - started:.1f}s", style="dim"))
         return Group(self.progress, table)
 
     def start_task(self, task_id: str, name: str) -> None:
-        self.running[task_id] = (name, time.monotonic())
+        with self._lock:
+            self.running[task_id] = (name, time.monotonic())
 
     def finish_task(self, task_id: str, line: str | None) -> None:
-        self.running.pop(task_id, None)
-        self.remaining.pop(task_id, None)
+        with self._lock:
+            self.running.pop(task_id, None)
+            self.remaining.pop(task_id, None)
         self.progress.advance(self.bar)
         if line:
             self.console.print(Text(line))
