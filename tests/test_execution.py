@@ -321,7 +321,7 @@ def test_sigint_leaves_no_partial_product_and_the_next_build_finishes_the_rest(p
             out.write_text("complete")
         """,
     )
-    for executor in ("inline", "process"):
+    for executor in ("inline", "thread", "process"):
         process = subprocess.Popen(
             project.command("--executor", executor, "-j2"),
             cwd=project.path,
