@@ -15,8 +15,10 @@ from typing import Any
 
 #: A file modified this recently may be modified again within the file system's timestamp
 #: granularity without its stat changing ("racy", as git calls it): what was read from it is
-#: used, but not remembered across builds.
-RACY_NS = 100_000_000
+#: used, but not remembered across builds until it is older. Linux file systems stamp files
+#: with a clock of at most one scheduler tick (10 ms); twice that is the margin. File systems
+#: with coarser timestamps (FAT: 2 s, some network file systems: 1 s) are not covered by it.
+RACY_NS = 20_000_000
 
 #: Folders that are never project code or task files.
 IGNORED_DIRS = frozenset(

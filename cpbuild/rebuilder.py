@@ -93,8 +93,15 @@ class FileDigests:
 
     def settle_racy(self) -> None:
         """At the end of a build, remember the files that were too new to trust when hashed
-        (the products a build just wrote, typically) if they are old enough now and read the
-        same: the next build then does not read them all again."""
+        (the products a build just wrote, typically) once they are old enough and read the
+        same: the next build then does not read them again. Waits at most ``RACY_NS`` for the
+        newest of them."""
+        if not self.racy:
+            return
+        newest = max(entry[3] for entry in self.racy.values())
+        wait = newest + RACY_NS - time.time_ns()
+        if wait > 0:
+            time.sleep(min(wait, RACY_NS) / 1e9)
         now = time.time_ns()
         for path, entry in list(self.racy.items()):
             if now - entry[3] <= RACY_NS:
