@@ -56,6 +56,7 @@ class Session:
         self._files: FileDigests | None = None
         self._code: CodeTracker | None = None
         self.tasks_ran = False  # set by the scheduler when task code runs in this process
+        self._logs: set[str] | None = None
 
     # -- backends -----------------------------------------------------------------------------
 
@@ -103,12 +104,17 @@ class Session:
         instead: creating a file per task is a large part of a full build of small tasks.
         """
         path = self.log_path(task)
-        if text is None:
+        if self._logs is None:  # the logs that exist, listed once per session
             try:
-                os.unlink(path)
+                self._logs = set(os.listdir(path.parent))
             except FileNotFoundError:
-                pass
+                self._logs = set()
+        if text is None:
+            if path.name in self._logs:
+                self._logs.discard(path.name)
+                path.unlink(missing_ok=True)
             return
+        self._logs.add(path.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text)
