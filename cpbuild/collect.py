@@ -146,19 +146,20 @@ class PythonCollector:
 
 
 def _module_declarations(module: types.ModuleType) -> list[Declaration]:
+    """``@task`` applications in the order they ran, and undecorated ``task_*`` functions,
+    merged by source line (a stable sort keeps the order of a loop's declarations)."""
     declared: list[Declaration] = list(vars(module).get(DECLARATIONS, ()))
     seen = {id(d.function) for d in declared}
-    for name, obj in list(vars(module).items()):
-        if (
-            name.startswith("task_")
-            and isinstance(obj, types.FunctionType)
-            and obj.__module__ == module.__name__
-            and id(obj) not in seen
-        ):
-            declared.append(Declaration(obj, TaskOptions()))
-            seen.add(id(obj))
-    order = {id(d): i for i, d in enumerate(declared)}
-    declared.sort(key=lambda d: (_first_line(d.function), order[id(d)]))
+    undecorated = [
+        Declaration(obj, TaskOptions())
+        for name, obj in list(vars(module).items())
+        if name.startswith("task_")
+        and isinstance(obj, types.FunctionType)
+        and obj.__module__ == module.__name__
+        and id(obj) not in seen
+    ]
+    if undecorated:
+        declared = sorted(declared + undecorated, key=lambda d: _first_line(d.function))
     return declared
 
 
@@ -171,17 +172,16 @@ def tasks_from_module(module: types.ModuleType, path: Path, root: Path) -> list[
     """Turn a module's declarations into tasks; every bad declaration is one error."""
     rel = path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
     declarations = _module_declarations(module)
+    bases = [_base_name(declaration) for declaration in declarations]
     counts: dict[str, int] = {}
-    for declaration in declarations:
-        base = _base_name(declaration)
+    for base in bases:
         counts[base] = counts.get(base, 0) + 1
     tasks: list[Task] = []
     errors: list[str] = []
     used_ids: dict[str, int] = {}
     signatures: dict[Any, Any] = {}
     folder = str(path.parent) + os.sep
-    for declaration in declarations:
-        base = _base_name(declaration)
+    for declaration, base in zip(declarations, bases, strict=True):
         options = declaration.options
         param_id = options.id
         if param_id is None and counts[base] > 1:
