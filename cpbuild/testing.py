@@ -37,6 +37,22 @@ def ran(name):
 '''
 
 
+TIMING = '''\
+import os
+import time
+from pathlib import Path
+
+
+def timed(name, seconds):
+    """Sleep, recording the task's start and end times (see Project.intervals)."""
+    start = time.time()
+    time.sleep(seconds)
+    folder = Path(os.environ["CPBUILD_TEST_LOG"]).with_suffix(".intervals")
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(f"{start} {time.time()}")
+'''
+
+
 @dataclass
 class Result:
     exit_code: int
@@ -70,6 +86,24 @@ class Project:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(textwrap.dedent(text))
         return target
+
+    def write_sleepers(self, count: int, seconds: float, decorator: str = "") -> None:
+        """Tasks s0, s1, ... that each sleep ``seconds`` and record when they ran, to check
+        concurrency from the tasks' own clocks (``intervals``), not the build's wall time."""
+        self.write("timing.py", TIMING)
+        body = "from cpbuild import task\nfrom ranlog import ran\nfrom timing import timed\n\n"
+        for i in range(count):
+            body += f"@task({decorator})\ndef task_s{i}() -> None:\n    ran('s{i}')\n    timed('s{i}', {seconds})\n\n"
+        self.write("task_sleep.py", body)
+
+    def intervals(self) -> dict[str, tuple[float, float]]:
+        """(start, end) of every task that called ``timing.timed`` since the project was made."""
+        folder = self.log.with_suffix(".intervals")
+        spans = {}
+        for path in folder.iterdir():
+            start, end = path.read_text().split()
+            spans[path.name] = (float(start), float(end))
+        return spans
 
     def read(self, relpath: str) -> str:
         return (self.path / relpath).read_text()

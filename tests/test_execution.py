@@ -14,53 +14,21 @@ import time
 
 import pytest
 
-INTERVALS = '''
-import os
-import time
-from pathlib import Path
-
-
-def timed(name, seconds):
-    """Sleep, recording the task's start and end times in intervals/NAME."""
-    start = time.time()
-    time.sleep(seconds)
-    folder = Path(os.environ["CPBUILD_TEST_LOG"]).with_suffix(".intervals")
-    folder.mkdir(exist_ok=True)
-    (folder / name).write_text(f"{start} {time.time()}")
-'''
-
-
-def intervals(project) -> dict[str, tuple[float, float]]:
-    folder = project.log.with_suffix(".intervals")
-    result = {}
-    for path in folder.iterdir():
-        start, end = path.read_text().split()
-        result[path.name] = (float(start), float(end))
-    return result
-
-
-def sleepers(project, count: int, seconds: float, extra: str = "") -> None:
-    project.write("timing.py", INTERVALS)
-    body = "from cpbuild import task\nfrom ranlog import ran\nfrom timing import timed\n\n"
-    for i in range(count):
-        body += f"@task({extra})\ndef task_s{i}() -> None:\n    ran('s{i}')\n    timed('s{i}', {seconds})\n\n"
-    project.write("task_sleep.py", body)
-
 
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_two_independent_tasks_run_in_parallel(project, executor):
-    sleepers(project, 2, 1.0)
+    project.write_sleepers(2, 1.0)
     result = project.run("-j2", "--executor", executor)
     assert result.exit_code == 0, result
     assert result.ran == {"s0", "s1"}
-    spans = intervals(project).values()
+    spans = project.intervals().values()
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     assert wall < 1.6, f"two 1 s tasks took {wall:.2f} s with -j2 on {executor}"
     assert project.run("-j2", "--executor", executor).ran == set()
 
 
 def test_queue_limit_serializes_its_tasks_without_blocking_others(project):
-    sleepers(project, 3, 0.3, extra='queue="gpu"')
+    project.write_sleepers(3, 0.3, decorator='queue="gpu"')
     project.write("cpbuild.toml", "[queues]\ngpu = 1\n")
     project.write(
         "task_free.py",
@@ -69,21 +37,21 @@ def test_queue_limit_serializes_its_tasks_without_blocking_others(project):
     result = project.run("-j3", "--executor", "thread")
     assert result.exit_code == 0, result
     assert result.ran == {"s0", "s1", "s2", "free"}
-    spans = sorted(intervals(project).values())
+    spans = sorted(project.intervals().values())
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, f"queue gpu=1 tasks overlapped: {spans}"
 
 
 def test_queue_limit_from_the_command_line(project):
-    sleepers(project, 2, 0.3, extra='queue="io"')
+    project.write_sleepers(2, 0.3, decorator='queue="io"')
     result = project.run("-j2", "--executor", "thread", "--queue", "io=1")
     assert result.exit_code == 0, result
-    (a_start, a_end), (b_start, b_end) = sorted(intervals(project).values())
+    (a_start, a_end), (b_start, b_end) = sorted(project.intervals().values())
     assert b_start >= a_end
 
 
 def test_queue_limit_below_one_is_a_config_error(project):
-    sleepers(project, 1, 0)
+    project.write_sleepers(1, 0)
     project.write("cpbuild.toml", "[queues]\ngpu = 0\n")
     result = project.run()
     assert result.exit_code == 4
@@ -416,7 +384,7 @@ def test_large_values_do_not_pass_through_the_main_process(project):
 
 
 def test_log_of_a_task_without_output_explains_why_there_is_none(project):
-    sleepers(project, 1, 0)
+    project.write_sleepers(1, 0)
     result = project.run("--log", "s0")
     assert result.exit_code == 4
     assert "has no log" in result.stderr

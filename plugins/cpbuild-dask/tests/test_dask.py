@@ -55,22 +55,6 @@ def double(n):
 
 ALL = {"numbers", "doubled", "total", "write"}
 
-INTERVALS = '''
-import os
-import time
-from pathlib import Path
-
-
-def timed(name, seconds):
-    """Sleep, recording the task's start and end times in intervals/NAME."""
-    start = time.time()
-    time.sleep(seconds)
-    folder = Path(os.environ["CPBUILD_TEST_LOG"]).with_suffix(".intervals")
-    folder.mkdir(exist_ok=True)
-    (folder / name).write_text(f"{start} {time.time()}")
-'''
-
-
 def pipeline(project) -> None:
     project.write("cpbuild.toml", "")
     project.write("helpers.py", HELPERS)
@@ -144,16 +128,11 @@ def test_builds_products_and_values_on_a_local_cluster(project):
 
 def test_two_independent_tasks_run_in_parallel(project):
     project.write("cpbuild.toml", "")
-    project.write("timing.py", INTERVALS)
-    body = "from ranlog import ran\nfrom timing import timed\n\n"
-    for i in range(2):
-        body += f"def task_s{i}() -> None:\n    ran('s{i}')\n    timed('s{i}', 1.0)\n\n"
-    project.write("task_sleep.py", body)
+    project.write_sleepers(2, 1.0)
     result = project.run("-j2", "--executor", "dask")
     assert result.exit_code == 0, result
     assert result.ran == {"s0", "s1"}
-    folder = project.log.with_suffix(".intervals")
-    spans = [tuple(map(float, p.read_text().split())) for p in folder.iterdir()]
+    spans = project.intervals().values()
     wall = max(end for _, end in spans) - min(start for start, _ in spans)
     assert wall < 1.6, f"two 1 s tasks took {wall:.2f} s with -j2 on dask"
 
