@@ -146,9 +146,9 @@ def test_deleted_or_edited_product_reruns_only_its_producer(project):
     make_pipeline(project)
     project.run()
     (project.path / "build/report.txt").unlink()
+    assert "product build/report.txt is missing" in project.run("--why", "report").stdout
     result = project.run()
     assert result.ran == {"report"}
-    assert "report.txt is missing" in project.run("--why", "report").stdout or True
     (project.path / "build/report.txt").write_text("edited by hand\n")
     why = project.run("--why", "report")
     assert "product build/report.txt was modified" in why.stdout
