@@ -20,24 +20,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import re
 import shutil
-import signal
-import statistics
 import subprocess
 import sys
 import sysconfig
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent
+import common
+
 DEPTH = 10
 DEFAULT_SIZES = (200, 2_000, 10_000)
 TOOL_NAMES = ("cpbuild", "make", "ninja", "doit", "pytask")
@@ -45,12 +40,6 @@ TOOL_NAMES = ("cpbuild", "make", "ninja", "doit", "pytask")
 # tasks would take most of an hour, so that cell is skipped unless asked for.
 DEFAULT_SKIPS = "pytask:10000"
 DEFAULT_BUDGET = 150.0
-# Environment variables that would change how the tools behave (e.g. a parent make's -j).
-#: Variables that would make a tool behave unlike on a user's machine. PYTHONDONTWRITEBYTECODE
-#: (set on some sandboxes and CI images) makes every Python tool recompile all its modules on
-#: every run, which no user sees; it is removed for all three Python tools alike.
-SCRUBBED_ENV = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEFILES", "NINJA_STATUS", "PYTHONDONTWRITEBYTECODE")
-VERSION = re.compile(r"\d+\.\d+[\w.+-]*")
 
 
 def default_repeats(n: int) -> int:
@@ -194,50 +183,10 @@ def ninja_text(wl: Workload) -> str:
 
 
 @dataclass
-class Tool:
-    """How to set a workload up for one tool, run it, and reset it to a clean state."""
+class Tool(common.Tool):
+    """A tool, and the files it needs for the workload (probe, clean: see common.Tool)."""
 
-    name: str
-    command: list[str]
-    version_command: list[str]
-    write_files: Callable[[Workload, Path], None]
-    state: tuple[str, ...]  # glob patterns of the tool's own state, deleted with out/
-    unavailable: str | None = None  # why the tool cannot run here, if it cannot
-    version: str = ""
-
-    def probe(self) -> None:
-        """Find out whether the tool runs here and which version it is (once per run)."""
-        if self.unavailable:
-            return
-        try:
-            proc = subprocess.run(
-                self.version_command, capture_output=True, text=True, timeout=60, env=tool_env()
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.unavailable = f"{self.version_command[0]}: {exc}"
-            return
-        out = (proc.stdout + proc.stderr).strip()
-        if proc.returncode != 0:
-            last = out.splitlines()[-1] if out else f"exit code {proc.returncode}"
-            self.unavailable = f"`{' '.join(self.version_command[-3:])}` failed: {last}"
-        else:
-            first = out.splitlines()[0] if out else "?"
-            match = VERSION.search(first)  # "python -m pytask, version 0.6.0" -> "0.6.0"
-            self.version = match.group(0) if match else first
-
-    def clean(self, folder: Path) -> None:
-        shutil.rmtree(folder / "out", ignore_errors=True)
-        for pattern in self.state:
-            for path in folder.glob(pattern):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-
-
-def python_tool(module: str) -> list[str]:
-    """Python tools run under this interpreter, not through a (possibly pyenv) shim script."""
-    return [sys.executable, "-m", module]
+    write_files: Callable[[Workload, Path], None] = field(kw_only=True)
 
 
 def find_ninja() -> str | None:
@@ -287,40 +236,40 @@ def make_tools() -> dict[str, Tool]:
     return {
         "cpbuild": Tool(
             "cpbuild",
-            [*python_tool("cpbuild"), "-q"],
-            [*python_tool("cpbuild"), "--version"],
-            write_cpbuild,
+            [*common.python_tool("cpbuild"), "-q"],
+            [*common.python_tool("cpbuild"), "--version"],
             (".cpbuild",),
+            write_files=write_cpbuild,
         ),
         "make": Tool(
             "make",
             [make or "make", "-s", "-j1"],
             [make or "make", "--version"],
-            write_make,
             (),
             None if make else "make not found on PATH",
+            write_files=write_make,
         ),
         "ninja": Tool(
             "ninja",
             [ninja or "ninja", "-j1", "--quiet"],
             [ninja or "ninja", "--version"],
-            write_ninja,
             (".ninja_log", ".ninja_deps"),
             None if ninja else "ninja not found (pip install ninja)",
+            write_files=write_ninja,
         ),
         "doit": Tool(
             "doit",
-            [*python_tool("doit"), "--reporter", "executed-only"],
-            [*python_tool("doit"), "--version"],
-            write_doit,
+            [*common.python_tool("doit"), "--reporter", "executed-only"],
+            [*common.python_tool("doit"), "--version"],
             (".doit.db*",),
+            write_files=write_doit,
         ),
         "pytask": Tool(
             "pytask",
-            [*python_tool("pytask"), "--verbose", "0"],
-            [*python_tool("pytask"), "--version"],
-            write_pytask,
+            [*common.python_tool("pytask"), "--verbose", "0"],
+            [*common.python_tool("pytask"), "--version"],
             (".pytask", "pytask.lock"),
+            write_files=write_pytask,
         ),
     }
 
@@ -328,61 +277,6 @@ def make_tools() -> dict[str, Tool]:
 # --------------------------------------------------------------------------------------------
 # Running and measuring
 # --------------------------------------------------------------------------------------------
-
-
-def tool_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
-
-
-@dataclass
-class Run:
-    seconds: float
-    maxrss_mb: float
-    returncode: int
-    timed_out: bool
-
-
-def run_timed(command: Sequence[str], cwd: Path, log: Path, timeout: float | None) -> Run:
-    """Run one build; wall time plus peak RSS from wait4 (no /usr/bin/time in the timing).
-
-    wait4's ru_maxrss is the larger of the process's own peak and that of the largest
-    descendant it waited for (what /usr/bin/time -v reports), in KiB on Linux. The process gets
-    its own session so a budget timeout can kill its whole process group, and nothing else.
-    """
-    with log.open("wb") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            command,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=tool_env(),
-            start_new_session=True,
-        )
-        killed = threading.Event()
-        killer = None
-        if timeout is not None:
-            killer = threading.Timer(max(timeout, 0.0), _kill_group, (proc.pid, killed))
-            killer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        if killer is not None:
-            killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
-    divisor = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
-    return Run(seconds, usage.ru_maxrss / divisor, proc.returncode, killed.is_set())
-
-
-def _kill_group(pid: int, killed: threading.Event) -> None:
-    """Kill the build's process group (its own session: see run_timed), and only that."""
-    killed.set()
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def product_mtimes(folder: Path, n: int) -> list[int | None]:
@@ -409,14 +303,6 @@ def check_products(folder: Path, expected: list[str]) -> str | None:
     return None
 
 
-def log_tail(log: Path, lines: int = 12) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
-
-
 @dataclass
 class Cell:
     """The measurements of one tool at one size."""
@@ -435,79 +321,40 @@ class Cell:
 
     @property
     def full_median(self) -> float | None:
-        return statistics.median(self.full_s) if self.full_s else None
+        return common.median(self.full_s)
 
     @property
     def noop_median(self) -> float | None:
-        return statistics.median(self.noop_s) if self.noop_s else None
+        return common.median(self.noop_s)
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
         for key in ("full_s", "noop_s"):
-            data[key] = [round(x, 6) for x in data[key]]
+            data[key] = common.rounded(data[key], 6)
         for key in ("full_maxrss_mb", "noop_maxrss_mb"):
-            data[key] = [round(x, 1) for x in data[key]]
+            data[key] = common.rounded(data[key], 1)
         data["full_median_s"] = self.full_median and round(self.full_median, 6)
         data["noop_median_s"] = self.noop_median and round(self.noop_median, 6)
         return data
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def measure(
     tool: Tool, wl: Workload, folder: Path, repeats: int, budget: float, expected: list[str]
 ) -> Cell:
-    """Clean, full build, no-op, `repeats` times, within `budget` seconds for the whole cell.
-
-    A repetition is not started when the previous one suggests it would not fit the budget, and
-    a build still running when the budget is spent is killed: one slow tool cannot hold the
-    whole run hostage, and the cell still reports the runs that did finish.
-    """
+    """Clean, full build, no-op, `repeats` times, within `budget` seconds for the whole cell
+    (see common.Repetitions: the cell reports the runs that finished in time)."""
     cell = Cell(tool.name, wl.n, repeats_asked=repeats)
     folder.mkdir(parents=True)
     wl.write_sources(folder)
     tool.write_files(wl, folder)
-    log = folder / "build.log"
-    started = time.monotonic()
-    last_rep = 0.0
-    for rep in range(repeats):
-        spent = time.monotonic() - started
-        if rep > 0 and spent + last_rep > budget:
-            cell.note = f"{rep} of {repeats} runs (budget {budget:.0f} s)"
+    reps = common.Repetitions(cell, tool, folder, budget, repeats)
+    for rep in reps:
+        full = reps.full_build(lambda: check_products(folder, expected), what="full build")
+        if full is None:
             break
-        rep_started = time.monotonic()
-        tool.clean(folder)
-        full = run_timed(tool.command, folder, log, budget - spent)
-        if full.timed_out:
-            if rep == 0:
-                cell.status = "timeout"
-                cell.note = f"full build > {budget:.0f} s (budget)"
-            else:
-                cell.note = f"{rep} of {repeats} runs (budget {budget:.0f} s)"
-            break
-        if full.returncode != 0:
-            cell.status = "failed"
-            cell.error = f"full build exit code {full.returncode}\n{log_tail(log)}"
-            break
-        if rep == 0:
-            problem = check_products(folder, expected)
-            if problem:
-                cell.status = "failed"
-                cell.error = f"{problem}\n{log_tail(log)}"
-                break
         before = product_mtimes(folder, wl.n)
-        noop = run_timed(tool.command, folder, log, budget - (time.monotonic() - started))
-        if noop.timed_out:
-            cell.note = f"{rep} of {repeats} runs (budget {budget:.0f} s)"
-            if rep == 0:
-                cell.status = "timeout"
-                cell.note = f"no-op > budget {budget:.0f} s"
-            break
-        if noop.returncode != 0:
-            cell.status = "failed"
-            cell.error = f"no-op exit code {noop.returncode}\n{log_tail(log)}"
+        noop = reps.rebuild(f"no-op > budget {budget:.0f} s", what="no-op")
+        if noop is None:
             break
         rewrote = sum(a != b for a, b in zip(before, product_mtimes(folder, wl.n), strict=True))
         cell.full_s.append(full.seconds)
@@ -515,14 +362,13 @@ def measure(
         cell.full_maxrss_mb.append(full.maxrss_mb)
         cell.noop_maxrss_mb.append(noop.maxrss_mb)
         cell.noop_rewrote.append(rewrote)
-        last_rep = time.monotonic() - rep_started
-        progress(
-            f"  {tool.name:8} N={wl.n:<6} run {rep + 1}/{repeats}: full {fmt_seconds(full.seconds)}"
-            f", no-op {fmt_seconds(noop.seconds)}"
+        common.progress(
+            f"  {tool.name:8} N={wl.n:<6} run {rep + 1}/{repeats}: full {common.fmt_seconds(full.seconds)}"
+            f", no-op {common.fmt_seconds(noop.seconds)}"
             + (f" (rewrote {rewrote} products!)" if rewrote else "")
         )
     if cell.status == "failed":
-        progress(f"  {tool.name} N={wl.n} FAILED: {cell.error}")
+        common.progress(f"  {tool.name} N={wl.n} FAILED: {cell.error}")
     return cell
 
 
@@ -543,11 +389,16 @@ IMPORTTIME_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+\d+\s+\|\s+(\S+)\s*$
 def check_imports(tool: Tool, wl: Workload, folder: Path) -> ImportCheck:
     """Run a no-op under -X importtime and look for the watched modules in its report."""
     subprocess.run(  # make sure everything is up to date, whatever the last repetition did
-        tool.command, cwd=folder, env=tool_env(), capture_output=True, check=False, timeout=3600
+        tool.command,
+        cwd=folder,
+        env=common.tool_env(),
+        capture_output=True,
+        check=False,
+        timeout=3600,
     )
     command = [sys.executable, "-X", "importtime", *tool.command[1:]]
     proc = subprocess.run(
-        command, cwd=folder, env=tool_env(), capture_output=True, text=True, timeout=3600
+        command, cwd=folder, env=common.tool_env(), capture_output=True, text=True, timeout=3600
     )
     found = dict.fromkeys(WATCHED_IMPORTS, False)
     total_us = 0
@@ -568,23 +419,9 @@ def check_imports(tool: Tool, wl: Workload, folder: Path) -> ImportCheck:
 # --------------------------------------------------------------------------------------------
 
 
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 0.01:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 100:
-        return f"{seconds:.1f} s"
-    return f"{seconds:.0f} s"
-
-
 def cell_text(cell: Cell) -> str:
     if cell.status == "ok" and cell.full_s:
-        text = f"{fmt_seconds(cell.full_median)} / {fmt_seconds(cell.noop_median)}"
+        text = f"{common.fmt_seconds(cell.full_median)} / {common.fmt_seconds(cell.noop_median)}"
         if len(cell.full_s) < cell.repeats_asked:
             text += f" ({len(cell.full_s)}x)"
         if any(cell.noop_rewrote):
@@ -602,14 +439,7 @@ def table(
     text: Callable[[Cell], str],
 ) -> str:
     header = ["tool"] + [f"N={n:,}" for n in sizes]
-    body = [[row] + [text(cells[row, n]) for n in sizes] for row in rows]
-    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
-    lines = [
-        "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return common.table(header, [[row] + [text(cells[row, n]) for n in sizes] for row in rows])
 
 
 def rss_text(cell: Cell) -> str:
@@ -660,57 +490,8 @@ def report(
                 f"cpbuild no-op total import time: {imports.import_ms:.0f} ms "
                 f"(python -X importtime, N={imports.n:,})"
             )
-    if notes:
-        out += ["", "Notes:", *(f"  {note}" for note in notes)]
     versions = [f"{name} {tools[name].version}" for name in names if tools[name].version]
-    out += ["", "Versions: " + "; ".join(versions)]
-    return "\n".join(out)
-
-
-def cpbuild_source() -> dict[str, str]:
-    """Which cpbuild was measured: the imported package's folder and, if it is a git checkout,
-    its commit (with "-dirty" for uncommitted changes), so a result can be traced to the code."""
-    info: dict[str, str] = {}
-    proc = subprocess.run(
-        [sys.executable, "-c", "import cpbuild; print(cpbuild.__file__)"],
-        capture_output=True,
-        text=True,
-        env=tool_env(),
-        check=False,
-    )
-    if proc.returncode != 0:
-        return info
-    package = Path(proc.stdout.strip()).parent
-    info["package"] = str(package)
-    git = shutil.which("git")
-    if git:
-        rev = subprocess.run(
-            [git, "-C", str(package), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if rev.returncode == 0:
-            info["commit"] = rev.stdout.strip()
-    return info
-
-
-def machine_info() -> dict[str, object]:
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def write_json(path: Path, payload: dict[str, object]) -> None:
-    """Write next to the target and rename, so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    return "\n".join(out + common.notes_and_versions(notes, versions))
 
 
 # --------------------------------------------------------------------------------------------
@@ -726,16 +507,6 @@ def parse_sizes(text: str) -> list[int]:
     if not sizes or any(n < DEPTH or n % DEPTH for n in sizes):
         raise argparse.ArgumentTypeError(f"sizes must be positive multiples of {DEPTH}: {text!r}")
     return sizes
-
-
-def parse_tools(text: str) -> list[str]:
-    names = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [name for name in names if name not in TOOL_NAMES]
-    if unknown or not names:
-        raise argparse.ArgumentTypeError(
-            f"unknown tool(s) {', '.join(unknown) or text!r}; choose from {', '.join(TOOL_NAMES)}"
-        )
-    return names
 
 
 def parse_skips(text: str) -> set[tuple[str, int]]:
@@ -766,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tools",
-        type=parse_tools,
+        type=common.parse_names(TOOL_NAMES, "tool"),
         default=list(TOOL_NAMES),
         help=f"comma-separated subset of {','.join(TOOL_NAMES)} (default: all)",
     )
@@ -777,14 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="clean/full/no-op repetitions per cell (default: 5 up to N=2,000, 3 above)",
     )
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=DEFAULT_BUDGET,
-        metavar="SECONDS",
-        help="time allowed per tool per size; further repetitions are skipped and a build "
-        f"still running is killed when it is spent (default: {DEFAULT_BUDGET:.0f})",
-    )
+    common.add_budget_option(parser, DEFAULT_BUDGET, per="size")
     parser.add_argument(
         "--skip",
         type=parse_skips,
@@ -792,22 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TOOL:N,...",
         help=f"cells not to run, or 'none' (default: {DEFAULT_SKIPS}, which takes most of an hour)",
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where workloads are generated (default: a fresh temporary folder)",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the generated workloads (to inspect or rerun)"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="where to write the results (default: benchmarks/results/layers-YYYY-MM-DD.json)",
-    )
+    common.add_output_options(parser, "layers")
     return parser
 
 
@@ -821,16 +570,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         tools[name].probe()
         state = tools[name].version or f"not available ({tools[name].unavailable})"
-        progress(f"{name}: {state}")
+        common.progress(f"{name}: {state}")
 
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="cpbuild-layers-", dir=args.workdir))
-    progress(f"workloads in {base}")
     cells: dict[tuple[str, int], Cell] = {}
     imports: ImportCheck | None = None
     started = time.monotonic()
-    try:
+    with common.work_folder("cpbuild-layers-", args.workdir, args.keep) as base:
         for n in sizes:
             wl = Workload(n)
             expected = wl.expected_products()
@@ -843,7 +588,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if (name, n) in args.skip:
                     why = "by default" if args.skip == parse_skips(DEFAULT_SKIPS) else "--skip"
                     cells[name, n] = Cell(name, n, status="skipped", note=why)
-                    progress(f"  {name:8} N={n:<6} skipped (--skip)")
+                    common.progress(f"  {name:8} N={n:<6} skipped (--skip)")
                     continue
                 folder = base / f"n{n}" / name
                 cell = measure(tool, wl, folder, repeats, args.budget, expected)
@@ -852,22 +597,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     imports = check_imports(tool, wl, folder)
                 if not args.keep:
                     shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            progress(f"workloads kept in {base}")
 
     print(report(tools, names, sizes, cells, imports), flush=True)
-    today = datetime.date.today().isoformat()
-    json_path = args.json or BENCHMARKS_DIR / "results" / f"layers-{today}.json"
-    write_json(
+    json_path = args.json or common.results_path("layers")
+    common.write_json(
         json_path,
         {
             "benchmark": "layers",
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
             "elapsed_s": round(time.monotonic() - started, 1),
-            "machine": machine_info(),
+            "machine": common.machine_info(),
             "settings": {
                 "sizes": sizes,
                 "depth": DEPTH,
@@ -883,12 +622,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 }
                 for name in names
             },
-            "cpbuild_source": cpbuild_source() if "cpbuild" in names else None,
+            "cpbuild_source": common.cpbuild_source() if "cpbuild" in names else None,
             "results": [cell.to_json() for cell in cells.values()],
             "cpbuild_noop_imports": asdict(imports) if imports else None,
         },
     )
-    progress(f"results written to {json_path}")
+    common.progress(f"results written to {json_path}")
     return 1 if any(cell.status == "failed" for cell in cells.values()) else 0
 
 

@@ -23,23 +23,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
-import os
-import platform
-import re
 import shutil
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent
+import common
+
 TOOL_NAMES = ("cpbuild", "doit", "pytask")
 WORKLOAD_NAMES = ("values", "files", "cpu")
 DEFAULT_TASKS = 1_000
@@ -52,11 +44,6 @@ DEFAULT_CPU_TASKS = 4
 DEFAULT_CPU_SECONDS = 2.0
 PEER_TARGET = 3.0  # cpbuild at least 3x faster than each peer on values and files
 SPEEDUP_TARGET = 1.7  # cpbuild -j2 at least 1.7x faster than -j1 on the cpu workload
-#: Variables that would make a tool behave unlike on a user's machine. PYTHONDONTWRITEBYTECODE
-#: (set on some sandboxes and CI images) makes every Python tool recompile all its modules on
-#: every run (and each worker process too), which no user sees; it is removed for all tools.
-SCRUBBED_ENV = ("PYTHONDONTWRITEBYTECODE", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
-VERSION = re.compile(r"\d+\.\d+[\w.+-]*")
 
 # --------------------------------------------------------------------------------------------
 # The workloads: one generated project per tool, and what its products must contain
@@ -345,160 +332,54 @@ def _timed(spin: Callable[[int, int], int], n: int) -> tuple[float, int]:
 
 
 @dataclass
-class Tool:
-    """A tool in one configuration: its command line, its state, whether it runs here."""
+class Tool(common.Tool):
+    """A tool in one configuration (probe, clean: see common.Tool)."""
 
-    name: str  # row label
-    command: list[str]
-    version_command: list[str]
-    state: tuple[str, ...]  # glob patterns of the tool's own state, deleted with the products
-    kind: str  # cpbuild | doit | pytask: which generated files it uses
-    unavailable: str | None = None
-    version: str = ""
-
-    def probe(self) -> None:
-        """Find out whether the tool runs here and which version it is (once per run)."""
-        try:
-            proc = subprocess.run(
-                self.version_command, capture_output=True, text=True, timeout=60, env=tool_env()
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            self.unavailable = f"{self.version_command[0]}: {exc}"
-            return
-        out = (proc.stdout + proc.stderr).strip()
-        if proc.returncode != 0:
-            last = out.splitlines()[-1] if out else f"exit code {proc.returncode}"
-            self.unavailable = f"`{' '.join(self.version_command[-3:])}` failed: {last}"
-        else:
-            first = out.splitlines()[0] if out else "?"
-            match = VERSION.search(first)
-            self.version = match.group(0) if match else first
-
-    def clean(self, folder: Path, wl: Workload) -> None:
-        shutil.rmtree(folder / "out", ignore_errors=True)
-        for rel in wl.expected:
-            (folder / rel).unlink(missing_ok=True)
-        for pattern in self.state:
-            for path in folder.glob(pattern):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-
-
-def python_tool(module: str) -> list[str]:
-    """Python tools run under this interpreter, not through a (possibly pyenv) shim script."""
-    return [sys.executable, "-m", module]
+    kind: str = field(kw_only=True)  # cpbuild | doit | pytask: which generated files it uses
 
 
 def make_tools(jobs: int) -> dict[str, Tool]:
     """Each tool in its process-based parallel mode with `jobs` workers, and quiet."""
-    cpbuild = python_tool("cpbuild")
+    cpbuild, doit, pytask = (common.python_tool(m) for m in ("cpbuild", "doit", "pytask"))
     return {
         "cpbuild": Tool(
             "cpbuild",
             [*cpbuild, f"-j{jobs}", "--executor", "process", "-q"],
             [*cpbuild, "--version"],
             (".cpbuild",),
-            "cpbuild",
+            kind="cpbuild",
         ),
         "doit": Tool(
             "doit",
-            [*python_tool("doit"), "-n", str(jobs), "-P", "process", "--reporter", "executed-only"],
-            [*python_tool("doit"), "--version"],
+            [*doit, "-n", str(jobs), "-P", "process", "--reporter", "executed-only"],
+            [*doit, "--version"],
             (".doit.db*",),
-            "doit",
+            kind="doit",
         ),
         "pytask": Tool(
             "pytask",
-            [
-                *python_tool("pytask"),
-                "-n",
-                str(jobs),
-                "--parallel-backend",
-                "loky",
-                "--verbose",
-                "0",
-            ],
-            [*python_tool("pytask"), "--version"],
+            [*pytask, "-n", str(jobs), "--parallel-backend", "loky", "--verbose", "0"],
+            [*pytask, "--version"],
             (".pytask", "pytask.lock"),
-            "pytask",
+            kind="pytask",
         ),
     }
 
 
 def cpu_tool(jobs: int) -> Tool:
-    cpbuild = python_tool("cpbuild")
+    cpbuild = common.python_tool("cpbuild")
     return Tool(
         f"cpbuild -j{jobs}",
         [*cpbuild, f"-j{jobs}", "--executor", "process", "-q"],
         [*cpbuild, "--version"],
         (".cpbuild",),
-        "cpbuild",
+        kind="cpbuild",
     )
-
-
-def tool_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
 
 
 # --------------------------------------------------------------------------------------------
 # Running and measuring
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Run:
-    seconds: float
-    maxrss_mb: float
-    returncode: int
-    timed_out: bool
-
-
-def run_timed(command: Sequence[str], cwd: Path, log: Path, timeout: float) -> Run:
-    """Run one build: wall time, and peak RSS from wait4 (the largest single process).
-
-    The build gets its own session so that a budget timeout kills its whole process group
-    (worker processes included), and nothing else.
-    """
-    with log.open("wb") as out:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            command,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=tool_env(),
-            start_new_session=True,
-        )
-        killed = threading.Event()
-        killer = threading.Timer(max(timeout, 0.0), _kill_group, (proc.pid, killed))
-        killer.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        killer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)  # so Popen does not wait again
-    divisor = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
-    return Run(seconds, usage.ru_maxrss / divisor, proc.returncode, killed.is_set())
-
-
-def _kill_group(pid: int, killed: threading.Event) -> None:
-    killed.set()
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def log_tail(log: Path, lines: int = 12) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.strip().splitlines()[-lines:])
 
 
 @dataclass
@@ -517,87 +398,42 @@ class Cell:
 
     @property
     def median(self) -> float | None:
-        return statistics.median(self.full_s) if self.full_s and self.status == "ok" else None
+        return common.median(self.full_s) if self.status == "ok" else None
 
     def to_json(self) -> dict[str, object]:
         data = asdict(self)
-        data["full_s"] = [round(x, 6) for x in self.full_s]
-        data["maxrss_mb"] = [round(x, 1) for x in self.maxrss_mb]
+        data["full_s"] = common.rounded(self.full_s, 6)
+        data["maxrss_mb"] = common.rounded(self.maxrss_mb, 1)
         data["median_s"] = self.median and round(self.median, 6)
         return data
 
 
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def measure(tool: Tool, wl: Workload, folder: Path, repeats: int, budget: float) -> Cell:
-    """Clean and full build, `repeats` times, within `budget` seconds for the whole cell.
-
-    A repetition is not started when the previous one suggests it would not fit, and a build
-    still running when the budget is spent is killed; the cell reports the runs that finished.
-    """
+    """Clean and full build, `repeats` times, within `budget` seconds for the whole cell
+    (see common.Repetitions: the cell reports the runs that finished in time)."""
     cell = Cell(tool.name, wl.name, tool.command, repeats_asked=repeats)
     if tool.unavailable:
         cell.status, cell.note = "not available", tool.unavailable
         return cell
     wl.write(tool.kind, folder)
-    log = folder / "build.log"
-    started = time.monotonic()
-    last = 0.0
-    for rep in range(repeats):
-        spent = time.monotonic() - started
-        if rep > 0 and spent + last > budget:
-            cell.note = f"{rep} of {repeats} runs (budget {budget:.0f} s)"
+    reps = common.Repetitions(cell, tool, folder, budget, repeats)
+    for rep in reps:
+        run = reps.full_build(lambda: wl.check(folder), products=wl.expected)
+        if run is None:
             break
-        rep_started = time.monotonic()
-        tool.clean(folder, wl)
-        run = run_timed(tool.command, folder, log, budget - spent)
-        if run.timed_out:
-            if rep == 0:
-                cell.status = "timeout"
-                cell.note = f"full build > {budget:.0f} s (budget)"
-            else:
-                cell.note = f"{rep} of {repeats} runs (budget {budget:.0f} s)"
-            break
-        if run.returncode != 0:
-            cell.status = "failed"
-            cell.error = f"exit code {run.returncode}\n{log_tail(log)}"
-            break
-        if rep == 0:
-            problem = wl.check(folder)
-            if problem:
-                cell.status = "failed"
-                cell.error = f"{problem}\n{log_tail(log)}"
-                break
         cell.full_s.append(run.seconds)
         cell.maxrss_mb.append(run.maxrss_mb)
-        last = time.monotonic() - rep_started
-        progress(
-            f"  {tool.name:10} {wl.name:6} run {rep + 1}/{repeats}: {fmt_seconds(run.seconds)}"
+        common.progress(
+            f"  {tool.name:10} {wl.name:6} run {rep + 1}/{repeats}: {common.fmt_seconds(run.seconds)}"
         )
     if cell.status == "failed":
-        progress(f"  {tool.name} {wl.name} FAILED: {cell.error}")
+        common.progress(f"  {tool.name} {wl.name} FAILED: {cell.error}")
     return cell
 
 
 # --------------------------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------------------------
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 0.01:
-        return f"{seconds * 1000:.1f} ms"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 100:
-        return f"{seconds:.1f} s"
-    return f"{seconds:.0f} s"
 
 
 def fmt_ratio(ratio: float | None) -> str:
@@ -610,23 +446,13 @@ def cell_text(cell: Cell | None) -> str:
     if cell is None:
         return "-"
     if cell.status == "ok" and cell.full_s:
-        text = fmt_seconds(cell.median)
+        text = common.fmt_seconds(cell.median)
         if len(cell.full_s) < cell.repeats_asked:
             text += f" ({len(cell.full_s)}x)"
         return text
     if cell.status == "timeout":
         return cell.note
     return cell.status
-
-
-def table(header: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(r[c]) for r in [header, *body]) for c in range(len(header))]
-    lines = [
-        "  ".join(col.ljust(w) for col, w in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def ratio(peer: Cell | None, ours: Cell | None) -> float | None:
@@ -678,7 +504,7 @@ def report(
         out += [
             f"Median wall time of a full build from clean, {jobs} workers (process-based):",
             "",
-            table(
+            common.table(
                 ["tool", *(wls[w].title for w in grid)],
                 [[name, *(cell_text(cells.get((name, w))) for w in grid)] for name in names],
             ),
@@ -690,7 +516,7 @@ def report(
                 f"cpbuild's speed-up over each peer (peer median / cpbuild median; "
                 f"target >= {PEER_TARGET:g}x):",
                 "",
-                table(
+                common.table(
                     ["peer", *grid],
                     [
                         [
@@ -727,75 +553,13 @@ def report(
     for tool in tools.values():
         if tool.unavailable:
             notes.append(f"{tool.name}: not available: {tool.unavailable}")
-    if notes:
-        out += ["", "Notes:", *(f"  {note}" for note in notes)]
-    versions = list(dict.fromkeys(f"{t.kind} {t.version}" for t in tools.values() if t.version))
-    out += ["", "Versions: " + "; ".join(versions)]
-    return "\n".join(out)
-
-
-def cpbuild_source() -> dict[str, str]:
-    """The measured cpbuild's folder and git commit ("-dirty" when there are local edits)."""
-    info: dict[str, str] = {}
-    proc = subprocess.run(
-        [sys.executable, "-c", "import cpbuild; print(cpbuild.__file__)"],
-        capture_output=True,
-        text=True,
-        env=tool_env(),
-        check=False,
-    )
-    if proc.returncode != 0:
-        return info
-    package = Path(proc.stdout.strip()).parent
-    info["package"] = str(package)
-    git = shutil.which("git")
-    if git:
-        rev = subprocess.run(
-            [git, "-C", str(package), "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if rev.returncode == 0:
-            info["commit"] = rev.stdout.strip()
-    return info
-
-
-def machine_info() -> dict[str, object]:
-    return {
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def write_json(path: Path, payload: dict[str, object]) -> None:
-    """Write next to the target and rename, so a killed run never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    versions = dict.fromkeys(f"{t.kind} {t.version}" for t in tools.values() if t.version)
+    return "\n".join(out + common.notes_and_versions(notes, versions))
 
 
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
-
-
-def parse_names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
-    def parse(text: str) -> list[str]:
-        names = [part.strip() for part in text.split(",") if part.strip()]
-        unknown = [name for name in names if name not in allowed]
-        if unknown or not names:
-            raise argparse.ArgumentTypeError(
-                f"unknown name(s) {', '.join(unknown) or text!r}; choose from {', '.join(allowed)}"
-            )
-        return names
-
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -809,13 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workloads",
-        type=parse_names(WORKLOAD_NAMES),
+        type=common.parse_names(WORKLOAD_NAMES),
         default=list(WORKLOAD_NAMES),
         help=f"comma-separated subset of {','.join(WORKLOAD_NAMES)} (default: all)",
     )
     parser.add_argument(
         "--tools",
-        type=parse_names(TOOL_NAMES),
+        type=common.parse_names(TOOL_NAMES),
         default=list(TOOL_NAMES),
         help=f"tools for values and files: subset of {','.join(TOOL_NAMES)} (default: all)",
     )
@@ -848,14 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help=f"full builds per cell for the cpu workload (default: {DEFAULT_CPU_REPEAT})",
     )
-    parser.add_argument(
-        "--budget",
-        type=float,
-        default=DEFAULT_BUDGET,
-        metavar="SECONDS",
-        help="time allowed per tool per workload; further repetitions are skipped and a build "
-        f"still running is killed when it is spent (default: {DEFAULT_BUDGET:.0f})",
-    )
+    common.add_budget_option(parser, DEFAULT_BUDGET, per="workload")
     parser.add_argument(
         "--cpu-tasks",
         type=int,
@@ -870,22 +627,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help=f"calibrated duration of each cpu task (default: {DEFAULT_CPU_SECONDS:g})",
     )
-    parser.add_argument(
-        "--workdir",
-        type=Path,
-        default=None,
-        help="where workloads are generated (default: a fresh temporary folder)",
-    )
-    parser.add_argument(
-        "--keep", action="store_true", help="keep the generated workloads (to inspect or rerun)"
-    )
-    parser.add_argument(
-        "--json",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help="where to write the results (default: benchmarks/results/parallel-YYYY-MM-DD.json)",
-    )
+    common.add_output_options(parser, "parallel")
     return parser
 
 
@@ -901,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--cpu-seconds and --budget must be positive")
     names: list[str] = args.tools
     workloads: list[str] = args.workloads
-    load_at_start = machine_info()["loadavg_at_start"]
+    load_at_start = common.load_average()
 
     all_tools = make_tools(args.jobs)
     tools = {name: all_tools[name] for name in names if {"values", "files"} & set(workloads)}
@@ -910,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tools[f"cpbuild -j{args.jobs}"] = cpu_tool(args.jobs)
     for tool in tools.values():
         tool.probe()
-        progress(f"{tool.name}: {tool.version or f'not available ({tool.unavailable})'}")
+        common.progress(f"{tool.name}: {tool.version or f'not available ({tool.unavailable})'}")
 
     wls: dict[str, Workload] = {}
     if "values" in workloads:
@@ -918,18 +660,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "files" in workloads:
         wls["files"] = files_workload(args.tasks)
     if "cpu" in workloads:
-        progress(f"calibrating the cpu loop to {args.cpu_seconds:g} s ...")
+        common.progress(f"calibrating the cpu loop to {args.cpu_seconds:g} s ...")
         iterations, seconds, first = calibrate(args.cpu_seconds)
-        progress(f"  {iterations:,} iterations: {seconds:.2f} s")
+        common.progress(f"  {iterations:,} iterations: {seconds:.2f} s")
         wls["cpu"] = cpu_workload(args.cpu_tasks, iterations, seconds, first)
 
-    if args.workdir:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-    base = Path(tempfile.mkdtemp(prefix="cpbuild-parallel-", dir=args.workdir))
-    progress(f"workloads in {base}")
     cells: dict[tuple[str, str], Cell] = {}
     started = time.monotonic()
-    try:
+    with common.work_folder("cpbuild-parallel-", args.workdir, args.keep) as base:
         for wname, wl in wls.items():
             if wname == "cpu":
                 rows = ["cpbuild -j1", f"cpbuild -j{args.jobs}"]
@@ -942,23 +680,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cells[row, wname] = measure(tool, wl, folder, repeats, args.budget)
                 if not args.keep:
                     shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        if not args.keep:
-            shutil.rmtree(base, ignore_errors=True)
-        else:
-            progress(f"workloads kept in {base}")
 
     verdicts = judge(
         cells, [n for n in names if n != "cpbuild"], [w for w in workloads if w != "cpu"], args.jobs
     )
     print(report(tools, names, wls, cells, verdicts, args.jobs), flush=True)
 
-    today = datetime.date.today().isoformat()
-    json_path = args.json or BENCHMARKS_DIR / "results" / f"parallel-{today}.json"
-    info = machine_info()
+    json_path = args.json or common.results_path("parallel")
+    info = common.machine_info(executable=True)
     info["loadavg_at_start"] = load_at_start
-    info["loadavg_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    write_json(
+    info["loadavg_at_end"] = common.load_average()
+    common.write_json(
         json_path,
         {
             "benchmark": "parallel",
@@ -983,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 t.name: {"command": t.command, "version": t.version, "unavailable": t.unavailable}
                 for t in tools.values()
             },
-            "cpbuild_source": cpbuild_source(),
+            "cpbuild_source": common.cpbuild_source(),
             "results": [cell.to_json() for cell in cells.values()],
             "cpbuild_speedup_over_peers": verdicts.ratios,
             "cpu_speedup_j1_to_j2": verdicts.speedup,
@@ -991,7 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "targets_missed": verdicts.missed,
         },
     )
-    progress(f"results written to {json_path}")
+    common.progress(f"results written to {json_path}")
     failed = any(cell.status == "failed" for cell in cells.values())
     return 1 if failed or verdicts.missed else 0
 

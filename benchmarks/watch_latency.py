@@ -24,20 +24,17 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
-BENCHMARKS_DIR = Path(__file__).resolve().parent
+import common
+
 TARGET_START_MS = 100.0
 TARGET_END_MS = 150.0
 TARGET_IDLE_CPU_PERCENT = 1.0
@@ -170,25 +167,6 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def machine_info() -> dict[str, object]:
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-    }
-
-
-def cpbuild_commit() -> str | None:
-    git = shutil.which("git")
-    if not git:
-        return None
-    rev = subprocess.run([git, "-C", str(BENCHMARKS_DIR), "describe", "--always", "--dirty"],
-                         capture_output=True, text=True, check=False)
-    return rev.stdout.strip() or None if rev.returncode == 0 else None
-
-
 def run(args: argparse.Namespace, folder: Path) -> dict[str, object]:
     project = folder / "project"
     times_path = folder / "times.log"
@@ -220,8 +198,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, object]:
             done = [line for line in watcher.lines if line.startswith("cpbuild: cycle ")][-1]
             took = done.rsplit(" in ", 1)[-1].split(";")[0]
             cycle_ms.append(float(took.removesuffix("s")) * 1000)
-            print(f"  edit {i + 1:2d}: start {start_ms[-1]:6.1f} ms, end {end_ms[-1]:6.1f} ms",
-                  file=sys.stderr, flush=True)
+            common.progress(f"  edit {i + 1:2d}: start {start_ms[-1]:6.1f} ms, end {end_ms[-1]:6.1f} ms")
         time.sleep(1.0)  # idle from here on
         threads = watcher.threads()
         before_cpu, before = watcher.cpu_seconds(), time.monotonic()
@@ -303,18 +280,12 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("watch_latency: --edits and --tasks must be at least 1")
     if not Path("/proc/self/stat").exists():
         raise SystemExit("watch_latency: needs /proc to read the watcher's CPU time (Linux)")
-    machine = machine_info()
-    folder = Path(tempfile.mkdtemp(prefix="watch-latency-", dir=args.workdir))
-    try:
+    machine = common.machine_info()
+    with common.work_folder("watch-latency-", args.workdir, args.keep, announce=False) as folder:
         result = run(args, folder)
-    finally:
-        if not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
     text, ok = report(args, result)
     print(text)
-    today = datetime.date.today().isoformat()
-    suffix = "-polling" if args.polling else ""
-    path = args.json or BENCHMARKS_DIR / "results" / f"watch-latency{suffix}-{today}.json"
+    path = args.json or common.results_path("watch-latency-polling" if args.polling else "watch-latency")
     payload = {
         "benchmark": "watch_latency",
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -330,12 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         },
         "runs": result,
         "machine": machine,
-        "cpbuild_commit": cpbuild_commit(),
+        "cpbuild_commit": common.git_describe(common.BENCHMARKS_DIR),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
+    common.write_json(path, payload)
     print(f"\nresults: {path}")
     return 0 if ok else 1
 

@@ -13,19 +13,24 @@ import time
 from typing import Any
 
 from cpbuild.errors import ExitCode
+from cpbuild.model import CachedArgument
 
 
-def run_once(session: Any, lock: Any = None) -> ExitCode:
+def run_once(session: Any, lock: Any = None, use_cache: bool = True) -> ExitCode:
     """Collect, select and build (or list, explain, clean) once; watch mode calls this per
-    cycle with ``lock=None`` because it holds the lock for its whole life."""
-    from cpbuild.scheduler import BuildOptions
+    cycle with ``lock=None`` because it holds the lock for its whole life, and without the
+    graph cache because it needs the modules imported."""
+    import dataclasses
 
-    options, config, cwd = session.options, session.config, session.cwd
+    from cpbuild.scheduler import BuildOptions, WouldRun, replay
+
+    options, config = session.options, session.config
     reads_state = not (options.graph or options.log)
     if lock is not None and reads_state:  # another build may be writing the state
         lock.acquire(wait=not options.no_wait)
     started = time.perf_counter()
-    session.collect(analyse=reads_state)
+    cached = use_cache and not (options.graph or options.log or options.clean or options.force)
+    session.collect(analyse=reads_state, use_cache=cached)
     collected = time.perf_counter()
     assert session.graph is not None
     if not session.graph.tasks:
@@ -34,12 +39,7 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
         return ExitCode.NO_TASKS_COLLECTED
     if options.log:
         return _print_log(session, options.log)
-    if options.why:
-        targets = session.graph.resolve_target(options.why, cwd)
-    elif (options.list or options.clean) and not (options.targets or options.keyword or options.marker):
-        targets = list(session.graph.tasks)  # --list and --clean cover every task by default
-    else:
-        targets = session.targets(options.targets, options.keyword, options.marker)
+    targets = _targets(session)
     if not targets:
         print("cpbuild: no tasks selected", file=sys.stderr)
         return ExitCode.NO_TASKS_COLLECTED
@@ -66,7 +66,20 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
     elif options.dry_run:
         session.mode = "dry-run"
     selected = time.perf_counter()
-    summary = session.build(ids, build_options)
+    summary = None
+    if session.from_cache and session.mode == "build":
+        # The cached graph can show that nothing must run; anything else needs the modules.
+        try:
+            summary = session.build(ids, dataclasses.replace(build_options, probe=True))
+        except WouldRun:
+            session.collect(analyse=True, use_cache=False)
+            targets = _targets(session)
+            ids = session.selection(targets)
+            session.check_executor(ids)
+        else:
+            replay(session, summary)
+    if summary is None:
+        summary = session.build(ids, build_options)
     if options.profile:
         _print_profile(summary, collected - started, selected - collected)
     if options.list:
@@ -75,6 +88,15 @@ def run_once(session: Any, lock: Any = None) -> ExitCode:
         _print_why(session, summary, targets, options.verbose)
     session.last_summary = summary
     return summary.exit_code
+
+
+def _targets(session: Any) -> list[str]:
+    options = session.options
+    if options.why:
+        return session.graph.resolve_target(options.why, session.cwd)
+    if (options.list or options.clean) and not (options.targets or options.keyword or options.marker):
+        return list(session.graph.tasks)  # --list and --clean cover every task by default
+    return session.targets(options.targets, options.keyword, options.marker)
 
 
 def _print_profile(summary: Any, collecting: float, selecting: float) -> None:
@@ -119,7 +141,7 @@ def _print_key_parts(session: Any, task: Any, describe_item: Any) -> None:
     """``--why -v``: every part of the key, so users see what is and is not tracked."""
     from cpbuild.rebuilder import PYTHON_VERSION
 
-    code = session.rebuilder.code.code_items(task.function)
+    code = dict(task.code[0]) if task.function is None else session.rebuilder.code.code_items(task.function)
     print(f"  key parts of {task.name} (Python {PYTHON_VERSION}):")
     for item, value in sorted(code.items()):
         kind, _, name = item.partition(" ")
@@ -127,7 +149,8 @@ def _print_key_parts(session: Any, task: Any, describe_item: Any) -> None:
         label = name if kind in ("library", "module") else describe_item(kind, name)
         print(f"    {kind:<9} {label}: {shown}")
     for name, value in sorted(session.graph.args[task.id].items()):
-        print(f"    argument  {name} = {value!r}")
+        shown = value[1] if isinstance(value, CachedArgument) else repr(value)
+        print(f"    argument  {name} = {shown}")
     for path in task.input_files:
         print(f"    input     {session.graph.rel(path)}")
     for name, up in sorted(session.graph.value_deps[task.id].items()):

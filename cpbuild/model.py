@@ -56,9 +56,20 @@ class Task:
     skip_reason: str | None = None  # from @mark.skip / @mark.skipif
     input_files: tuple[str, ...] = ()
     product_files: tuple[str, ...] = ()
+    code: Any = None  # (code items, digest) of a task from the graph cache (function is None)
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+class CachedArgument(tuple):
+    """A plain argument of a cached task: its canonical text and how to show it. The value
+    itself is not needed to decide that a task is up to date."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str, shown: str) -> CachedArgument:
+        return super().__new__(cls, (text, shown))
 
 
 class Record(NamedTuple):

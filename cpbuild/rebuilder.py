@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cpbuild.canonical import NotSimple, canonical, short_repr
 from cpbuild.fingerprint import CodeTracker
-from cpbuild.model import Record, StatEntry, Task
+from cpbuild.model import CachedArgument, Record, StatEntry, Task
 from cpbuild.project import RACY_NS
 
 if TYPE_CHECKING:
@@ -27,6 +27,26 @@ if TYPE_CHECKING:
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 
+
+
+def argument_parts(value: Any, root: Path, serializer: Any, hasher: Any) -> list[str]:
+    """[canonical text or digest, how to show it] of a plain argument."""
+    if isinstance(value, CachedArgument):
+        return list(value)  # from the graph cache: already in this form
+    try:
+        text = canonical(value, root)
+    except NotSimple:
+        try:
+            data = serializer.dumps(value)
+        except Exception as error:
+            raise TaskKeyError(
+                f"an argument of type {type(value).__qualname__} has no canonical form and "
+                f"cannot be pickled: {type(error).__name__}: {error}"
+            ) from error
+        text = "pickle:" + hasher.bytes_digest(data)
+    if len(text) > 200:
+        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return [text, short_repr(value)]
 
 
 class TaskKeyError(Exception):
@@ -177,7 +197,7 @@ class Rebuilder:
             for result in results:
                 if result:
                     extras.update({str(k): str(v) for k, v in result.items()})
-        code, code_digest = self.code.task_code(task.function)
+        code, code_digest = task.code if task.function is None else self.code.task_code(task.function)
         parts = {
             "python": PYTHON_VERSION,
             "code": code,
@@ -191,20 +211,7 @@ class Rebuilder:
         return parts, problems
 
     def _argument(self, value: Any) -> list[str]:
-        try:
-            text = canonical(value, self.root)
-        except NotSimple:
-            try:
-                data = self.serializer.dumps(value)
-            except Exception as error:
-                raise TaskKeyError(
-                    f"an argument of type {type(value).__qualname__} has no canonical form and "
-                    f"cannot be pickled: {type(error).__name__}: {error}"
-                ) from error
-            text = "pickle:" + self.hasher.bytes_digest(data)
-        if len(text) > 200:
-            text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-        return [text, short_repr(value)]
+        return argument_parts(value, self.root, self.serializer, self.hasher)
 
     @staticmethod
     def key(parts: dict[str, Any]) -> str:

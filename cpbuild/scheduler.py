@@ -79,6 +79,11 @@ class BuildOptions:
     dry_run: bool = False
     force: bool = False
     capture: bool = True
+    probe: bool = False  # decide only, silently; stop at the first task that would run
+
+
+class WouldRun(Exception):
+    """A probe found a task that must run (the graph cache cannot answer alone)."""
 
 
 class Scheduler:
@@ -119,7 +124,8 @@ class Scheduler:
         start = time.perf_counter()
         hook = self.session.hook
         tasks = [self.graph.tasks[i] for i in self.ids]
-        hook.cpbuild_build_start(session=self.session, tasks=tasks)
+        if not self.options.probe:
+            hook.cpbuild_build_start(session=self.session, tasks=tasks)
         pending = {i: sum(1 for u in self.graph.upstream[i] if u in self.selected) for i in self.ids}
         order = self.graph.order
         ready = [(order[i], i) for i, n in pending.items() if n == 0]
@@ -184,7 +190,8 @@ class Scheduler:
             for task, before in stopped:
                 self._delete_products(task, before)
             if not isinstance(error, KeyboardInterrupt):
-                self._end(start, interrupted=True)  # the reporter must stop its display
+                if not self.options.probe:
+                    self._end(start, interrupted=True)  # the reporter must stop its display
                 raise
         finally:
             if "cpbuild.runner" in sys.modules:  # tasks ran in this process: real streams back
@@ -201,7 +208,8 @@ class Scheduler:
     def _end(self, start: float, interrupted: bool) -> BuildSummary:
         reports = [self.reports[i] for i in self.ids if i in self.reports]
         summary = BuildSummary(reports, time.perf_counter() - start, interrupted, self.options.dry_run)
-        self.session.hook.cpbuild_build_finish(session=self.session, summary=summary)
+        if not self.options.probe:
+            self.session.hook.cpbuild_build_finish(session=self.session, summary=summary)
         return summary
 
     # -- one task -----------------------------------------------------------------------------
@@ -248,6 +256,8 @@ class Scheduler:
             self.value_digests[task.id] = decision.record.value
             self._finish(TaskReport(task, UP_TO_DATE, decision.reasons))
             return None
+        if self.options.probe:
+            raise WouldRun(task.id)
         if self.options.dry_run:
             self._finish(TaskReport(task, WOULD_RUN, decision.reasons))
             return None
@@ -390,6 +400,10 @@ class Scheduler:
             self._blocking.add(report.task.id)
         elif report.outcome == WOULD_RUN:
             self._would_run.add(report.task.id)
+        if self.options.probe:
+            if report.outcome == FAILED:
+                raise WouldRun(report.task.id)  # let a real build report it
+            return
         self._task_finish(session=self.session, task=report.task, report=report)
 
 
@@ -409,3 +423,12 @@ def _log_text(attempt: int, outcome: Outcome, error: str | None) -> str:
         if text:
             parts.append(f"--- {label} ---\n{text.rstrip()}\n")
     return "".join(parts)
+
+
+def replay(session: Any, summary: BuildSummary) -> None:
+    """Report a probe that found everything up to date as the build it stands for."""
+    hook = session.hook
+    hook.cpbuild_build_start(session=session, tasks=[r.task for r in summary.reports])
+    for report in summary.reports:
+        hook.cpbuild_task_finish(session=session, task=report.task, report=report)
+    hook.cpbuild_build_finish(session=session, summary=summary)

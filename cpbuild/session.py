@@ -7,13 +7,14 @@ CLI (or watch mode, once per cycle) drives: collect -> graph -> select -> build.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
-from cpbuild import loader, project
+from cpbuild import graphcache, loader, project
 from cpbuild.collect import find_files
 from cpbuild.config import Config
 from cpbuild.environment import Environment
@@ -21,7 +22,7 @@ from cpbuild.errors import CollectionError, UsageError
 from cpbuild.fingerprint import CodeTracker
 from cpbuild.graph import Graph
 from cpbuild.model import Task
-from cpbuild.rebuilder import FileDigests, Rebuilder
+from cpbuild.rebuilder import FileDigests, Rebuilder, argument_parts
 from cpbuild.scheduler import BuildOptions, BuildSummary, Scheduler
 from cpbuild.state import State
 
@@ -56,6 +57,7 @@ class Session:
         self._files: FileDigests | None = None
         self._code: CodeTracker | None = None
         self.tasks_ran = False  # set by the scheduler when task code runs in this process
+        self.from_cache = False  # the graph came from the graph cache: no task module imported
         self._logs: set[str] | None = None
 
     # -- backends -----------------------------------------------------------------------------
@@ -147,18 +149,40 @@ class Session:
             )
         return self._code
 
-    def collect(self, analyse: bool = True) -> Graph:
+    def collect(self, analyse: bool = True, use_cache: bool = False) -> Graph:
         """Import the task files and build the graph.
 
         With ``analyse``, each module's task code is analysed right after it is imported, so
         that a key describes the code that was imported and will run, even when a file is
-        edited while the build runs (the next build then sees the edit).
+        edited while the build runs (the next build then sees the edit). With ``use_cache``,
+        the graph cache (``cpbuild.graphcache``) is used when it is valid: no module is
+        imported, and ``from_cache`` says so; a full collection then writes a new cache.
         """
         root = self.config.root
         project.add_import_paths(root)
         loader.install(str(root))
         patterns = sorted({p for ps in self.hook.cpbuild_collect_patterns() for p in ps})
         files = find_files(root, self.config.paths, patterns, skip=[self.config.cache_path])
+        cacheable = use_cache and analyse and graphcache.eligible(self.pm)
+        if cacheable:
+            cached = graphcache.load(self, files)
+            if cached is not None:
+                self.graph = Graph(cached, root)
+                self.from_cache = True
+                return self.graph
+        self.from_cache = False
+        recorder = graphcache.Recorder()
+        with recorder.recording() if cacheable else contextlib.nullcontext(recorder):
+            tasks, errors = self._import_tasks(files, analyse)
+        if errors:
+            raise CollectionError(errors[0], errors)
+        self.hook.cpbuild_collection_finish(session=self, tasks=tasks)
+        self.graph = Graph(tasks, root)
+        if cacheable:
+            graphcache.save(self, files, recorder)
+        return self.graph
+
+    def _import_tasks(self, files: list[Path], analyse: bool) -> tuple[list[Task], list[str]]:
         tasks: list[Task] = []
         errors: list[str] = []
         for path in files:
@@ -172,11 +196,11 @@ class Session:
                                 code.task_code(task.function)
             except CollectionError as error:
                 errors.extend(error.errors)
-        if errors:
-            raise CollectionError(errors[0], errors)
-        self.hook.cpbuild_collection_finish(session=self, tasks=tasks)
-        self.graph = Graph(tasks, root)
-        return self.graph
+        return tasks, errors
+
+    def argument_text(self, value: Any) -> list[str]:
+        """The canonical form of a plain argument (for the graph cache)."""
+        return argument_parts(value, self.config.root, self.serializer, self.hasher)
 
     # -- selection ----------------------------------------------------------------------------
 

@@ -771,7 +771,7 @@ class Watcher:
         graph_ok = False
         try:
             try:
-                code = run_once(session)
+                code = run_once(session, use_cache=False)
                 graph_ok = True
                 if code == ExitCode.NO_TASKS_COLLECTED:
                     cycle.failed = True

@@ -1,0 +1,349 @@
+"""The collected graph, cached: a no-op build need not import the task modules (DESIGN §6).
+
+Importing task modules is most of a no-op: a research project's modules import pandas or torch,
+and thousands of tasks cost thousands of objects. After a full collection, the graph's plain
+data (ids, paths, canonical arguments, code keys, options) is written to
+``<cache_dir>/graph``. A later build uses it to decide whether everything selected is up to
+date; if anything would run, cpbuild collects the modules for real and builds as usual. So the
+cache can only make a no-op fast; it never runs or skips a task by itself.
+
+The cache is used only while everything that could change the collected graph is unchanged:
+
+* cpbuild's and Python's versions, the configuration file, the plugins, the installed packages
+  (the environment signature, see ``cpbuild.environment``);
+* the set of task files and the contents of every project module imported while collecting
+  (size and modification time);
+* everything the task modules looked at while they were imported: files opened, folders
+  listed or globbed, paths whose existence or type they checked, environment variables read.
+  These are recorded during collection (Python's audit hooks for opening and listing, and
+  stand-ins for ``os.stat`` and ``os.environ``) and checked again before the cache is used.
+
+Not covered (documented limits): a task module whose tasks depend on the clock or on random
+numbers at import time; a plugin that collects other files or adds key extras (the cache is
+then not used at all); reads through C extensions that bypass Python's file functions.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cpbuild.api import TaskOptions
+from cpbuild.model import CachedArgument, Param, ParamKind, Task
+from cpbuild.project import RACY_NS, is_installation, is_project_file
+
+FORMAT = 1
+_BUILTIN_PLUGINS_ONLY_HOOKS = (
+    "cpbuild_collect_file",
+    "cpbuild_collect_patterns",
+    "cpbuild_collection_finish",
+    "cpbuild_key_extras",
+)
+
+
+# -- recording what collection looks at ----------------------------------------------------
+
+
+class Recorder:
+    """What task modules read while they are imported; active only inside ``recording()``."""
+
+    active: Recorder | None = None  # the recorder of the collection in progress, if any
+    _hooked = False
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+        self.paths: set[str] = set()
+        self.environment: dict[str, str | None] = {}
+
+    @classmethod
+    def _audit(cls, event: str, args: tuple[Any, ...]) -> None:
+        recorder = cls.active
+        if recorder is None or event not in ("open", "os.listdir", "os.scandir") or not _by_user():
+            return
+        if event == "open":
+            path, mode = args[0], args[1]
+            if isinstance(path, str | bytes | os.PathLike) and (mode is None or "r" in str(mode) or "+" in str(mode)):
+                recorder.files.add(os.path.abspath(os.fsdecode(path)))
+        elif event in ("os.listdir", "os.scandir"):
+            path = args[0] if args and args[0] is not None else "."
+            if isinstance(path, str | bytes | os.PathLike):
+                recorder.folders.add(os.path.abspath(os.fsdecode(path)))
+
+    @contextmanager
+    def recording(self) -> Iterator[Recorder]:
+        if not Recorder._hooked:
+            sys.addaudithook(Recorder._audit)  # process-wide and permanent; idle when inactive
+            Recorder._hooked = True
+        real_stat, real_lstat, real_environ = os.stat, os.lstat, os.environ
+        recorder = self
+
+        def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, str | bytes | os.PathLike) and _by_user():
+                recorder.paths.add(os.path.abspath(os.fsdecode(path)))
+            return real_stat(path, *args, **kwargs)
+
+        def lstat(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if isinstance(path, str | bytes | os.PathLike) and _by_user():
+                recorder.paths.add(os.path.abspath(os.fsdecode(path)))
+            return real_lstat(path, *args, **kwargs)
+
+        Recorder.active = self
+        os.stat, os.lstat = stat, lstat
+        os.environ = _RecordingEnviron(real_environ, self)  # type: ignore[assignment]  # noqa: B003 - a stand-in, restored below
+        try:
+            yield self
+        finally:
+            Recorder.active = None
+            os.stat, os.lstat, os.environ = real_stat, real_lstat, real_environ
+
+
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+_CPBUILD = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _by_user() -> bool:
+    """Whether the file operation in progress comes from the project's code (or a library it
+    calls) rather than from the import system or cpbuild itself: the first caller outside the
+    standard library decides. Module files are tracked by their own stats."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if filename.startswith("<frozen importlib"):
+            return False  # the import system
+        if not filename.startswith((_STDLIB, "<frozen ")):  # e.g. <frozen posixpath>
+            return not filename.startswith(_CPBUILD)
+        frame = frame.f_back  # type: ignore[assignment]
+    return True
+
+
+class _RecordingEnviron(dict):  # type: ignore[type-arg]
+    """Stands in for ``os.environ`` during collection and notes which variables are read.
+    A module that kept a reference to it still sees the real environment afterwards."""
+
+    def __init__(self, real: Any, recorder: Recorder) -> None:
+        super().__init__()
+        self._real = real
+        self._recorder = recorder
+
+    def _note(self, key: Any) -> None:
+        if Recorder.active is self._recorder and isinstance(key, str):
+            self._recorder.environment[key] = self._real.get(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        self._note(key)
+        return self._real[key]
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._note(key)
+        return self._real.get(key, default)
+
+    def __contains__(self, key: Any) -> bool:
+        self._note(key)
+        return key in self._real
+
+    def __iter__(self) -> Iterator[Any]:
+        self._recorder.environment["*"] = repr(sorted(self._real))  # reading all of it
+        return iter(self._real)
+
+    def __len__(self) -> int:
+        return len(self._real)
+
+    def keys(self) -> Any:
+        self.__iter__()
+        return self._real.keys()
+
+    def items(self) -> Any:
+        self.__iter__()
+        return self._real.items()
+
+    def values(self) -> Any:
+        self.__iter__()
+        return self._real.values()
+
+    def copy(self) -> dict[str, str]:
+        self.__iter__()
+        return self._real.copy()
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._real[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del self._real[key]
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._note(key)
+        return self._real.setdefault(key, default)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self._note(key)
+        return self._real.pop(key, *default)
+
+    def __repr__(self) -> str:
+        return repr(self._real)
+
+
+# -- eligibility and signatures ----------------------------------------------------------------
+
+
+def eligible(pm: Any) -> bool:
+    """Only the built-in collector and no key extras: what a plugin would compute is unknown."""
+    from cpbuild.plugins import BUILTIN_PLUGINS
+
+    builtin = {id(pm.get_plugin(name)) for name in BUILTIN_PLUGINS if pm.get_plugin(name)}
+    for hook_name in _BUILTIN_PLUGINS_ONLY_HOOKS:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if id(impl.plugin) not in builtin:
+                return False
+    return True
+
+
+def _stat_of(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_mode >> 12)  # file type, not permissions
+
+
+def _context(session: Any, task_files: list[Path]) -> tuple[Any, ...]:
+    """What the graph depends on besides what collection recorded."""
+    from cpbuild import __version__
+
+    config = session.config
+    source = str(config.source) if config.source else ""
+    plugins = sorted(name for name, plugin in session.pm.list_name_plugin() if plugin is not None)
+    return (
+        FORMAT,
+        __version__,
+        sys.version,
+        source,
+        _stat_of(source) if source else None,
+        tuple(plugins),
+        session.environment.signature,
+        tuple(str(p) for p in task_files),
+    )
+
+
+# -- saving and loading ------------------------------------------------------------------
+
+
+def save(session: Any, task_files: list[Path], recorder: Recorder) -> None:
+    """Write the graph of a successful full collection, if nothing it depends on is racy."""
+    graph = session.graph
+    root = str(session.config.root)
+    cache = str(session.config.cache_path)
+    stdlib = os.path.dirname(os.__file__)
+    watched: dict[str, Any] = {}
+    modules = {file for file in _module_files(root) if file}
+    for path in (*map(str, task_files), *modules, *recorder.files, *recorder.folders, *recorder.paths):
+        if path == cache or path.startswith((cache + os.sep, stdlib + os.sep)) or is_installation(path):
+            continue  # cpbuild's own files; the standard library; packages (the environment)
+        watched[path] = _stat_of(path)
+    now = _now()
+    if any(entry is not None and now - entry[1] < RACY_NS for entry in watched.values()):
+        return  # something was modified a moment ago: it could change again unseen
+    code = session.code_tracker()
+    rebuilder_argument = session.argument_text
+    tasks = []
+    for task in graph.tasks.values():
+        if task.function is None:
+            return  # already a cached graph: nothing new to save
+        params = []
+        deps = graph.value_deps[task.id]
+        args = graph.args[task.id]
+        for param in task.params:
+            if param.name in deps:
+                params.append((param.name, ParamKind.VALUE.value, deps[param.name], False))
+            elif param.name in args:
+                text, shown = rebuilder_argument(args[param.name])
+                params.append((param.name, ParamKind.ARG.value, (text, shown), True))
+            else:
+                params.append((param.name, param.kind.value, param.value, param.has_default))
+        options = task.options._replace(kwargs=None)  # used at collection only; hashable
+        items, digest = code.task_code(task.function)
+        tasks.append((
+            task.id, task.name, task.base_name, str(task.path), tuple(params), tuple(options),
+            tuple(sorted(task.markers)), task.skip_reason, task.input_files, task.product_files,
+            (items, digest),
+        ))
+    data = {
+        "context": _context(session, task_files),
+        "watched": watched,
+        "environment": dict(recorder.environment),
+        "tasks": tasks,
+    }
+    try:
+        payload = marshal.dumps(data)
+    except ValueError:
+        return  # something unmarshallable slipped in (a plugin's option): no cache
+    target = session.config.cache_path / "graph"
+    tmp = target.with_name("graph.tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, target)
+
+
+def load(session: Any, task_files: list[Path]) -> list[Task] | None:
+    """The cached tasks when nothing they depend on changed, else None."""
+    try:
+        data = marshal.loads((session.config.cache_path / "graph").read_bytes())
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if not isinstance(data, dict) or data.get("context") != _context(session, task_files):
+        return None
+    environ = os.environ
+    for name, value in data["environment"].items():
+        current = repr(sorted(environ)) if name == "*" else environ.get(name)
+        if current != value:
+            return None
+    for path, entry in data["watched"].items():
+        if _stat_of(path) != entry:
+            return None
+    tasks = []
+    paths: dict[str, Path] = {}
+    options_seen: dict[tuple[Any, ...], TaskOptions] = {}
+    kinds = {kind.value: kind for kind in ParamKind}
+    for (task_id, name, base, path, params, options, markers, skip, inputs, products, code) in data["tasks"]:
+        module = paths.get(path)
+        if module is None:
+            module = paths[path] = Path(path)
+        task_options = options_seen.get(options)
+        if task_options is None:
+            task_options = options_seen[options] = TaskOptions(*options)._replace(kwargs={})
+        tasks.append(Task(
+            id=task_id,
+            name=name,
+            base_name=base,
+            path=module,
+            function=None,  # type: ignore[arg-type]
+            params=tuple(
+                Param(p, kinds[kind], CachedArgument(*value) if kind == "arg" else value, has_default)
+                for p, kind, value, has_default in params
+            ),
+            options=task_options,
+            markers=frozenset(markers),
+            skip_reason=skip,
+            input_files=inputs,
+            product_files=products,
+            code=code,
+        ))
+    return tasks
+
+
+def _module_files(root: str) -> Iterator[str]:
+    from cpbuild.project import project_modules
+
+    for file in project_modules(root).values():
+        if file and is_project_file(file, root):
+            yield file
+
+
+def _now() -> int:
+    import time
+
+    return time.time_ns()

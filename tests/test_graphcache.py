@@ -1,0 +1,150 @@
+"""The graph cache: a no-op does not import task modules, and anything that could change the
+collected graph makes cpbuild collect again (cpbuild.graphcache)."""
+
+from __future__ import annotations
+
+import os
+
+TASKS = """
+from pathlib import Path
+from typing import Annotated
+from cpbuild import Product, task
+from helpers import greeting
+from ranlog import ran
+
+ran("import")
+
+def task_hello(out: Annotated[Path, Product] = Path("hello.txt")) -> None:
+    ran("hello")
+    out.write_text(greeting())
+"""
+
+
+def age(project, *relpaths, seconds=60):
+    for relpath in relpaths:
+        path = project.path / relpath
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - seconds * 1_000_000_000))
+
+
+def make(project):
+    project.write("helpers.py", "def greeting():\n    return 'hello'\n")
+    project.write("task_hello.py", TASKS)
+    age(project, "helpers.py", "task_hello.py", "ranlog.py")
+
+
+def test_a_no_op_does_not_import_the_task_modules(project):
+    make(project)
+    assert project.run().ran_list == ["import", "hello"]
+    assert project.run().ran_list == [], "the cached graph answers: nothing imported"
+    assert "all 1 task up to date" in project.run().stdout
+
+
+def test_editing_a_task_module_or_a_helper_collects_again(project):
+    make(project)
+    project.run()
+    (project.path / "helpers.py").write_text("def greeting():\n    return 'hi'\n")
+    assert project.run().ran_list == ["import", "hello"]
+    assert project.read("hello.txt") == "hi"
+    project.write("task_hello.py", TASKS + "\n# a comment\n")
+    assert project.run().ran_list == ["import"], "imported again; the comment reruns nothing"
+
+
+def test_a_stale_task_falls_back_to_a_real_build(project):
+    make(project)
+    project.run()
+    (project.path / "hello.txt").unlink()
+    result = project.run()
+    assert result.ran_list == ["import", "hello"], result
+    assert project.read("hello.txt") == "hello"
+
+
+def test_tasks_made_from_a_folder_listing_follow_new_files(project):
+    project.write("data/a.csv", "1")
+    project.write(
+        "task_glob.py",
+        """
+        from pathlib import Path
+        from cpbuild import task
+        from ranlog import ran
+
+        for path in sorted(Path(__file__).parent.joinpath("data").glob("*.csv")):
+            @task(id=path.stem, kwargs={"source": path})
+            def task_load(source: Path) -> str:
+                ran("load " + source.stem)
+                return source.read_text()
+        """,
+    )
+    age(project, "task_glob.py", "data/a.csv", "data")
+    assert project.run().ran == {"load a"}
+    assert project.run().ran == set()
+    project.write("data/b.csv", "2")
+    assert project.run().ran == {"load b"}, "the new file made a new task"
+
+
+def test_tasks_that_depend_on_an_environment_variable_follow_it(project):
+    project.write(
+        "task_env.py",
+        """
+        import os
+        from cpbuild import task
+        from ranlog import ran
+
+        for name in os.environ.get("REGIONS", "north").split(","):
+            @task(id=name, kwargs={"region": name})
+            def task_region(region: str) -> str:
+                ran(region)
+                return region
+        """,
+    )
+    age(project, "task_env.py")
+    assert project.run(REGIONS="north").ran == {"north"}
+    assert project.run(REGIONS="north").ran == set()
+    assert project.run(REGIONS="north,south").ran == {"south"}
+
+
+def test_tasks_that_depend_on_a_file_existing_or_its_content_follow_it(project):
+    project.write("ids.txt", "1\n")
+    project.write(
+        "task_files.py",
+        """
+        from pathlib import Path
+        from cpbuild import task
+        from ranlog import ran
+
+        here = Path(__file__).parent
+        ids = (here / "ids.txt").read_text().split()
+        if (here / "extra.flag").exists():
+            ids.append("extra")
+        for i in ids:
+            @task(id=i, kwargs={"i": i})
+            def task_item(i: str) -> str:
+                ran(i)
+                return i
+        """,
+    )
+    age(project, "task_files.py", "ids.txt")
+    assert project.run().ran == {"1"}
+    assert project.run().ran == set()
+    (project.path / "ids.txt").write_text("1\n2\n")
+    assert project.run().ran == {"2"}
+    project.write("extra.flag", "")
+    assert project.run().ran == {"extra"}
+
+
+def test_editing_the_configuration_collects_again(project):
+    make(project)
+    project.write("cpbuild.toml", "")
+    age(project, "cpbuild.toml")
+    project.run()
+    project.write("cpbuild.toml", "jobs = 1\n")
+    assert project.run().ran_list == ["import"]
+
+
+def test_dry_run_and_list_use_the_cached_graph(project):
+    make(project)
+    project.run()
+    dry = project.run("-n")
+    assert dry.ran_list == [] and "up to date  hello" in dry.stdout
+    listed = project.run("--list")
+    assert listed.ran_list == [] and "up to date" in listed.stdout
