@@ -28,7 +28,7 @@ from __future__ import annotations
 import marshal
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -50,125 +50,129 @@ _BUILTIN_PLUGINS_ONLY_HOOKS = (
 
 
 class Recorder:
-    """What task modules read while they are imported; active only inside ``recording()``."""
+    """What task modules read while they are imported; active only inside ``recording()``.
+
+    Each path is stat'ed when it is first seen, before it is read, so that a file edited while
+    collection runs makes the saved cache invalid at once (the stat saved is the one from before
+    the read). Anything the recorder cannot follow (a subprocess, ``os.environb``) marks the
+    collection unsafe: no cache is saved.
+    """
 
     active: Recorder | None = None  # the recorder of the collection in progress, if any
     _hooked = False
 
     def __init__(self) -> None:
-        self.files: set[str] = set()
-        self.folders: set[str] = set()
-        self.paths: set[str] = set()
+        self.seen: dict[str, Any] = {}  # path -> its stat when first seen
+        self.folders: set[str] = set()  # listed: their entries are watched too
         self.environment: dict[str, str | None] = {}
+        self.unsafe: str | None = None  # why no cache may be saved
+        self.modules_before: set[str] = set()
+
+    def note(self, path: Any) -> None:
+        if isinstance(path, int) or not isinstance(path, str | bytes | os.PathLike):
+            return  # a file descriptor
+        text = os.path.abspath(os.fsdecode(path))
+        if text not in self.seen:
+            self.seen[text] = _stat_of(text)
 
     @classmethod
     def _audit(cls, event: str, args: tuple[Any, ...]) -> None:
         recorder = cls.active
-        if recorder is None or event not in ("open", "os.listdir", "os.scandir") or not _by_user():
+        if recorder is None:
             return
         if event == "open":
             path, mode = args[0], args[1]
-            if isinstance(path, str | bytes | os.PathLike) and (mode is None or "r" in str(mode) or "+" in str(mode)):
-                recorder.files.add(os.path.abspath(os.fsdecode(path)))
+            if (mode is None or "r" in str(mode) or "+" in str(mode)) and _by_user(path):
+                recorder.note(path)
         elif event in ("os.listdir", "os.scandir"):
             path = args[0] if args and args[0] is not None else "."
-            if isinstance(path, str | bytes | os.PathLike):
+            if _by_user(None) and not isinstance(path, int):
+                recorder.note(path)
                 recorder.folders.add(os.path.abspath(os.fsdecode(path)))
+        elif event in ("subprocess.Popen", "os.posix_spawn", "os.exec", "os.system", "os.spawn", "os.fork"):
+            if _by_user(None):
+                recorder.unsafe = f"a task module started a process ({event}) while it was imported"
 
     @contextmanager
     def recording(self) -> Iterator[Recorder]:
         if not Recorder._hooked:
             sys.addaudithook(Recorder._audit)  # process-wide and permanent; idle when inactive
             Recorder._hooked = True
-        real_stat, real_lstat, real_environ = os.stat, os.lstat, os.environ
+        real = (os.stat, os.lstat, os.access, os.environ, os.environb)
         recorder = self
 
         def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(path, str | bytes | os.PathLike) and _by_user():
-                recorder.paths.add(os.path.abspath(os.fsdecode(path)))
-            return real_stat(path, *args, **kwargs)
+            if _by_user(None):
+                recorder.note(path)
+            return real[0](path, *args, **kwargs)
 
         def lstat(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if isinstance(path, str | bytes | os.PathLike) and _by_user():
-                recorder.paths.add(os.path.abspath(os.fsdecode(path)))
-            return real_lstat(path, *args, **kwargs)
+            if _by_user(None):
+                recorder.note(path)
+            return real[1](path, *args, **kwargs)
 
+        def access(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if _by_user(None):
+                recorder.note(path)
+            return real[2](path, *args, **kwargs)
+
+        self.modules_before = set(sys.modules)
         Recorder.active = self
-        os.stat, os.lstat = stat, lstat
-        os.environ = _RecordingEnviron(real_environ, self)  # type: ignore[assignment]  # noqa: B003 - a stand-in, restored below
+        os.stat, os.lstat, os.access = stat, lstat, access
+        os.environ = _RecordingEnviron(real[3], self)  # type: ignore[assignment]  # noqa: B003 - restored below
+        os.environb = _OpaqueEnviron(real[4], self)  # type: ignore[assignment]
         try:
             yield self
         finally:
             Recorder.active = None
-            os.stat, os.lstat, os.environ = real_stat, real_lstat, real_environ
+            os.stat, os.lstat, os.access, os.environ, os.environb = real  # type: ignore[misc]
 
 
 _STDLIB = os.path.dirname(os.__file__) + os.sep
 _CPBUILD = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_MODULE_SUFFIXES = (".py", ".pyc", ".so", ".pyd")
 
 
-def _by_user() -> bool:
+def _by_user(opened: Any) -> bool:
     """Whether the file operation in progress comes from the project's code (or a library it
-    calls) rather than from the import system or cpbuild itself: the first caller outside the
-    standard library decides. Module files are tracked by their own stats."""
+    calls) rather than from cpbuild or from the import system loading a module (module files
+    are tracked by their own stats): the first caller outside the standard library decides.
+    Data read through the import system (``pkgutil.get_data``) counts as the user's."""
     frame = sys._getframe(2)
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename.startswith("<frozen importlib"):
-            return False  # the import system
+            if opened is None or isinstance(opened, int):
+                return False  # the import system looking for modules
+            return not os.fsdecode(opened).endswith(_MODULE_SUFFIXES)
         if not filename.startswith((_STDLIB, "<frozen ")):  # e.g. <frozen posixpath>
             return not filename.startswith(_CPBUILD)
         frame = frame.f_back  # type: ignore[assignment]
     return True
 
 
-class _RecordingEnviron(dict):  # type: ignore[type-arg]
+class _RecordingEnviron(MutableMapping):  # type: ignore[type-arg]
     """Stands in for ``os.environ`` during collection and notes which variables are read.
     A module that kept a reference to it still sees the real environment afterwards."""
 
     def __init__(self, real: Any, recorder: Recorder) -> None:
-        super().__init__()
         self._real = real
         self._recorder = recorder
 
-    def _note(self, key: Any) -> None:
+    def __getitem__(self, key: Any) -> Any:
         if Recorder.active is self._recorder and isinstance(key, str):
             self._recorder.environment[key] = self._real.get(key)
-
-    def __getitem__(self, key: Any) -> Any:
-        self._note(key)
         return self._real[key]
 
-    def get(self, key: Any, default: Any = None) -> Any:
-        self._note(key)
-        return self._real.get(key, default)
-
-    def __contains__(self, key: Any) -> bool:
-        self._note(key)
-        return key in self._real
-
     def __iter__(self) -> Iterator[Any]:
-        self._recorder.environment["*"] = repr(sorted(self._real))  # reading all of it
+        if Recorder.active is self._recorder:
+            self._recorder.environment["*"] = _whole(self._real)
         return iter(self._real)
 
     def __len__(self) -> int:
+        if Recorder.active is self._recorder:
+            self._recorder.environment["*"] = _whole(self._real)
         return len(self._real)
-
-    def keys(self) -> Any:
-        self.__iter__()
-        return self._real.keys()
-
-    def items(self) -> Any:
-        self.__iter__()
-        return self._real.items()
-
-    def values(self) -> Any:
-        self.__iter__()
-        return self._real.values()
-
-    def copy(self) -> dict[str, str]:
-        self.__iter__()
-        return self._real.copy()
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._real[key] = value
@@ -176,16 +180,30 @@ class _RecordingEnviron(dict):  # type: ignore[type-arg]
     def __delitem__(self, key: Any) -> None:
         del self._real[key]
 
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        self._note(key)
-        return self._real.setdefault(key, default)
+    def copy(self) -> dict[str, str]:
+        return dict(self)
 
-    def pop(self, key: Any, *default: Any) -> Any:
-        self._note(key)
-        return self._real.pop(key, *default)
+    def __or__(self, other: Any) -> dict[str, str]:
+        return dict(self) | dict(other)
+
+    def __ror__(self, other: Any) -> dict[str, str]:
+        return dict(other) | dict(self)
 
     def __repr__(self) -> str:
         return repr(self._real)
+
+
+class _OpaqueEnviron(_RecordingEnviron):
+    """Stands in for ``os.environb``: any use of it is a dependency on the whole environment."""
+
+    def __getitem__(self, key: Any) -> Any:
+        if Recorder.active is self._recorder:
+            self._recorder.environment["*"] = _whole(os.environ)
+        return self._real[key]
+
+
+def _whole(environ: Any) -> str:
+    return repr(sorted(dict(environ).items()))
 
 
 # -- eligibility and signatures ----------------------------------------------------------------
@@ -203,12 +221,16 @@ def eligible(pm: Any) -> bool:
     return True
 
 
-def _stat_of(path: str) -> tuple[int, int, int] | None:
+_real_stat = os.stat  # the recorder replaces os.stat during collection
+
+
+def _stat_of(path: str) -> tuple[int, ...] | None:
+    """Everything that changes when a file or folder is written, replaced or chmod-ed."""
     try:
-        st = os.stat(path)
+        st = _real_stat(path)
     except OSError:
         return None
-    return (st.st_size, st.st_mtime_ns, st.st_mode >> 12)  # file type, not permissions
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode, st.st_ino, st.st_dev)
 
 
 def _context(session: Any, task_files: list[Path]) -> tuple[Any, ...]:
@@ -234,19 +256,36 @@ def _context(session: Any, task_files: list[Path]) -> tuple[Any, ...]:
 
 
 def save(session: Any, task_files: list[Path], recorder: Recorder) -> None:
-    """Write the graph of a successful full collection, if nothing it depends on is racy."""
+    """Write the graph of a successful full collection, unless something it depends on changed
+    during the collection, changed a moment ago, or cannot be followed."""
     graph = session.graph
+    if recorder.unsafe is not None:
+        return
     root = str(session.config.root)
     cache = str(session.config.cache_path)
-    stdlib = os.path.dirname(os.__file__)
-    watched: dict[str, Any] = {}
-    modules = {file for file in _module_files(root) if file}
-    for path in (*map(str, task_files), *modules, *recorder.files, *recorder.folders, *recorder.paths):
-        if path == cache or path.startswith((cache + os.sep, stdlib + os.sep)) or is_installation(path):
-            continue  # cpbuild's own files; the standard library; packages (the environment)
-        watched[path] = _stat_of(path)
+
+    def ours(path: str) -> bool:  # cpbuild's own files, the standard library, packages
+        return path == cache or path.startswith((cache + os.sep, _STDLIB)) or is_installation(path)
+
+    for path, before in recorder.seen.items():
+        if not ours(path) and _stat_of(path) != before:
+            return  # read while it was being changed: the graph may be stale already
+    watched: dict[str, Any] = {p: s for p, s in recorder.seen.items() if not ours(p)}
+    for folder in recorder.folders:
+        if ours(folder):
+            continue
+        try:
+            entries = [entry.path for entry in os.scandir(folder)]
+        except OSError:
+            continue
+        for path in entries:  # a listed folder's files: their sizes or types may have mattered
+            watched.setdefault(path, _stat_of(path))
+    new_modules = set(sys.modules) - recorder.modules_before
+    for path in (*map(str, task_files), *_module_files(root, new_modules), *_import_folders(root)):
+        if not ours(path):
+            watched.setdefault(path, _stat_of(path))
     now = _now()
-    if any(entry is not None and now - entry[1] < RACY_NS for entry in watched.values()):
+    if any(entry is not None and now - max(entry[1], entry[2]) < RACY_NS for entry in watched.values()):
         return  # something was modified a moment ago: it could change again unseen
     code = session.code_tracker()
     rebuilder_argument = session.argument_text
@@ -298,7 +337,7 @@ def load(session: Any, task_files: list[Path]) -> list[Task] | None:
         return None
     environ = os.environ
     for name, value in data["environment"].items():
-        current = repr(sorted(environ)) if name == "*" else environ.get(name)
+        current = _whole(environ) if name == "*" else environ.get(name)
         if current != value:
             return None
     for path, entry in data["watched"].items():
@@ -335,12 +374,32 @@ def load(session: Any, task_files: list[Path]) -> list[Task] | None:
     return tasks
 
 
-def _module_files(root: str) -> Iterator[str]:
+def _module_files(root: str, new_modules: set[str]) -> Iterator[str]:
+    """The project's module files, and those of modules imported from outside the project and
+    outside any installation while collecting (a helper on a path the task module added)."""
     from cpbuild.project import project_modules
 
     for file in project_modules(root).values():
         if file and is_project_file(file, root):
             yield file
+    for name in new_modules:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and not file.startswith(_STDLIB) and not is_installation(file):
+            yield os.path.abspath(file)
+
+
+def _import_folders(root: str) -> Iterator[str]:
+    """Folders of the project where imports look for modules: a module added there (which an
+    ``import`` inside ``try`` may have missed before) changes their modification time."""
+    prefix = root + os.sep
+    for entry in sys.path:
+        folder = os.path.abspath(entry or ".")
+        if folder == root or folder.startswith(prefix):
+            yield folder
+    for module in list(sys.modules.values()):
+        for folder in getattr(module, "__path__", None) or ():
+            if isinstance(folder, str) and folder.startswith(prefix):
+                yield folder
 
 
 def _now() -> int:

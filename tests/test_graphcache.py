@@ -33,9 +33,18 @@ def make(project):
     age(project, "helpers.py", "task_hello.py", "ranlog.py")
 
 
+def warm(project):
+    """Build until the cache is written: the first build creates files in the project folder,
+    whose modification time the cache watches (a module added there could be imported), and a
+    cache is not written while something it watches changed a moment ago."""
+    project.run()
+    project.run()
+
+
 def test_a_no_op_does_not_import_the_task_modules(project):
     make(project)
     assert project.run().ran_list == ["import", "hello"]
+    project.run()
     assert project.run().ran_list == [], "the cached graph answers: nothing imported"
     assert "all 1 task up to date" in project.run().stdout
 
@@ -143,8 +152,106 @@ def test_editing_the_configuration_collects_again(project):
 
 def test_dry_run_and_list_use_the_cached_graph(project):
     make(project)
-    project.run()
+    warm(project)
     dry = project.run("-n")
     assert dry.ran_list == [] and "up to date  hello" in dry.stdout
     listed = project.run("--list")
     assert listed.ran_list == [] and "up to date" in listed.stdout
+
+
+def tasks_from(expression):
+    """A task module making one task per name in ``expression`` (evaluated at import)."""
+    return f"""
+import os, sys, json, pkgutil, subprocess
+from pathlib import Path
+from cpbuild import task
+from ranlog import ran
+
+HERE = Path(__file__).parent
+ran("import")
+for name in {expression}:
+    @task(id=name, kwargs={{"name": name}})
+    def task_item(name: str) -> str:
+        ran(name)
+        return name
+"""
+
+
+def test_an_import_that_failed_before_is_tried_again(project):
+    project.write("task_opt.py", tasks_from("NAMES").replace(
+        'ran("import")', 'ran("import")\ntry:\n    from extra import NAMES\nexcept ImportError:\n    NAMES = ["one"]'))
+    warm(project)
+    project.write("extra.py", 'NAMES = ["one", "two"]\n')
+    assert "two" in project.run().ran
+
+
+def test_data_read_through_the_import_system_is_watched(project):
+    project.write("pkg/__init__.py", "")
+    project.write("pkg/names.json", '["one"]')
+    project.write("task_data.py", tasks_from('json.loads(pkgutil.get_data("pkg", "names.json"))'))
+    warm(project)
+    project.write("pkg/names.json", '["one", "two"]')
+    assert "two" in project.run().ran
+
+
+def test_sizes_from_a_folder_listing_and_permissions_are_watched(project):
+    project.write("data/f1", "12345")
+    project.write("tool.sh", "#!/bin/sh\n")
+    project.write("task_meta.py", tasks_from(
+        '[e.name + str(e.stat().st_size) for e in os.scandir(HERE / "data")]'
+        ' + (["tool"] if os.access(HERE / "tool.sh", os.X_OK) else [])'))
+    warm(project)
+    project.write("data/f1", "1234567890123")
+    assert project.run().ran == {"import", "f113"}
+    (project.path / "tool.sh").chmod(0o755)
+    assert project.run().ran == {"import", "tool"}
+
+
+def test_a_file_changed_while_collecting_is_not_trusted(project):
+    project.write("names.txt", "one\n")
+    project.write("task_race.py", tasks_from(
+        '(lambda names: (HERE.joinpath("names.txt").write_text("one\\n"), names)[1])'
+        '(HERE.joinpath("names.txt").read_text().split())'))
+    warm(project)
+    assert project.run().ran_list == ["import"], "rewritten during every collection: no cache"
+
+
+def test_a_helper_outside_the_project_is_watched(project, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "exthelper.py").write_text('NAMES = ["one"]\n')
+    project.write("task_ext.py", tasks_from("NAMES").replace(
+        'ran("import")', f'ran("import")\nsys.path.insert(0, {str(outside)!r})\nfrom exthelper import NAMES'))
+    warm(project)
+    (outside / "exthelper.py").write_text('NAMES = ["one", "two"]\n')
+    assert "two" in project.run().ran
+
+
+def test_a_subprocess_at_import_turns_the_cache_off(project):
+    project.write("task_sub.py", tasks_from(
+        'subprocess.check_output(["sh", "-c", "echo ${NAMES:-one}"], text=True).split(",")'))
+    warm(project)
+    assert project.run().ran_list == ["import"]
+    assert "two" in {n.strip() for n in project.run(NAMES="one,two").ran}
+
+
+def test_environb_and_merged_environments_are_seen(project):
+    project.write("task_envb.py", tasks_from(
+        'os.environb.get(b"NAMES", b"one").decode().split(",")'
+        ' + (["home"] if "HOME" in (os.environ | {}) else [])'))
+    first = project.run(NAMES="one")
+    assert "home" in first.ran, "os.environ | {} sees the real environment while recording"
+    project.run(NAMES="one")
+    assert "two" in project.run(NAMES="one,two").ran
+
+
+def test_a_swapped_symlink_is_seen(project):
+    project.write("d1/a", "")
+    project.write("d2/a", "")
+    project.write("d2/b", "")
+    (project.path / "data").symlink_to(project.path / "d1")
+    project.write("task_link.py", tasks_from("sorted(os.listdir(HERE / 'data'))"))
+    warm(project)
+    (project.path / "data").unlink()
+    (project.path / "data").symlink_to(project.path / "d2")
+    assert "b" in project.run().ran
