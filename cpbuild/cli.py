@@ -273,7 +273,10 @@ def _run(
             lock.release()
     session = Session(config, options, pm, cwd, environment)
     try:
-        return run_once(session, lock)
+        code = run_once(session, lock)
+        if code in (ExitCode.OK, ExitCode.TASKS_FAILED):
+            session.save_graph_cache()
+        return code
     finally:
         invocation.tasks_ran = session.tasks_ran
         session.close()  # writes the state snapshot: still under the lock

@@ -255,12 +255,24 @@ def _context(session: Any, task_files: list[Path]) -> tuple[Any, ...]:
 # -- saving and loading ------------------------------------------------------------------
 
 
-def save(session: Any, task_files: list[Path], recorder: Recorder) -> None:
-    """Write the graph of a successful full collection, unless something it depends on changed
-    during the collection, changed a moment ago, or cannot be followed."""
-    graph = session.graph
+class Pending:
+    """What a full collection depended on, noted right after it; written by ``save`` once the
+    build is over, when the project folder holds what the build created (``.cpbuild``,
+    product folders) and the next build will find it so."""
+
+    def __init__(self, task_files: list[Path], watched: dict[str, Any], folders: set[str],
+                 environment: dict[str, str | None]) -> None:
+        self.task_files = task_files
+        self.watched = watched
+        self.folders = folders  # where imports look: taken as they are after the build
+        self.environment = environment
+
+
+def pending(session: Any, task_files: list[Path], recorder: Recorder) -> Pending | None:
+    """Note what the collection depended on, or None when no cache may be written: something
+    changed while it was read, changed a moment ago, or cannot be followed."""
     if recorder.unsafe is not None:
-        return
+        return None
     root = str(session.config.root)
     cache = str(session.config.cache_path)
 
@@ -269,7 +281,7 @@ def save(session: Any, task_files: list[Path], recorder: Recorder) -> None:
 
     for path, before in recorder.seen.items():
         if not ours(path) and _stat_of(path) != before:
-            return  # read while it was being changed: the graph may be stale already
+            return None  # read while it was being changed: the graph may be stale already
     watched: dict[str, Any] = {p: s for p, s in recorder.seen.items() if not ours(p)}
     for folder in recorder.folders:
         if ours(folder):
@@ -281,12 +293,27 @@ def save(session: Any, task_files: list[Path], recorder: Recorder) -> None:
         for path in entries:  # a listed folder's files: their sizes or types may have mattered
             watched.setdefault(path, _stat_of(path))
     new_modules = set(sys.modules) - recorder.modules_before
-    for path in (*map(str, task_files), *_module_files(root, new_modules), *_import_folders(root)):
+    for path in (*map(str, task_files), *_module_files(root, new_modules)):
         if not ours(path):
             watched.setdefault(path, _stat_of(path))
     now = _now()
     if any(entry is not None and now - max(entry[1], entry[2]) < RACY_NS for entry in watched.values()):
-        return  # something was modified a moment ago: it could change again unseen
+        return None  # something was modified a moment ago: it could change again unseen
+    folders = {f for f in _import_folders(root) if not ours(f)}
+    return Pending(task_files, watched, folders, dict(recorder.environment))
+
+
+def save(session: Any, noted: Pending) -> None:
+    """Write the cache of the collected graph, if nothing it depends on changed since the
+    collection (the build may have written into a folder a task module listed)."""
+    graph = session.graph
+    for path, entry in noted.watched.items():
+        if _stat_of(path) != entry:
+            return
+    watched = dict(noted.watched)
+    for folder in noted.folders:  # as the build left them: a module added there is noticed
+        watched[folder] = _stat_of(folder)
+    task_files = noted.task_files
     code = session.code_tracker()
     rebuilder_argument = session.argument_text
     tasks = []
@@ -314,7 +341,7 @@ def save(session: Any, task_files: list[Path], recorder: Recorder) -> None:
     data = {
         "context": _context(session, task_files),
         "watched": watched,
-        "environment": dict(recorder.environment),
+        "environment": noted.environment,
         "tasks": tasks,
     }
     try:

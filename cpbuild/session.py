@@ -58,6 +58,7 @@ class Session:
         self._code: CodeTracker | None = None
         self.tasks_ran = False  # set by the scheduler when task code runs in this process
         self.from_cache = False  # the graph came from the graph cache: no task module imported
+        self.graph_cache: graphcache.Pending | None = None  # to write once the build is over
         self._logs: set[str] | None = None
 
     # -- backends -----------------------------------------------------------------------------
@@ -178,9 +179,14 @@ class Session:
             raise CollectionError(errors[0], errors)
         self.hook.cpbuild_collection_finish(session=self, tasks=tasks)
         self.graph = Graph(tasks, root)
-        if cacheable:
-            graphcache.save(self, files, recorder)
+        self.graph_cache = graphcache.pending(self, files, recorder) if cacheable else None
         return self.graph
+
+    def save_graph_cache(self) -> None:
+        """After the build: write the graph cache noted at collection, if any."""
+        if self.graph_cache is not None and self.graph is not None:
+            graphcache.save(self, self.graph_cache)
+            self.graph_cache = None
 
     def _import_tasks(self, files: list[Path], analyse: bool) -> tuple[list[Task], list[str]]:
         tasks: list[Task] = []
