@@ -192,6 +192,15 @@ class _RecordingEnviron(MutableMapping):  # type: ignore[type-arg]
     def __repr__(self) -> str:
         return repr(self._real)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A task module that kept this stand-in (``from os import environ``) may be shipped to
+        # a worker: there it is that process's own environment.
+        return (_process_environ, (isinstance(self, _OpaqueEnviron),))
+
+
+def _process_environ(binary: bool) -> Any:
+    return os.environb if binary else os.environ
+
 
 class _OpaqueEnviron(_RecordingEnviron):
     """Stands in for ``os.environb``: any use of it is a dependency on the whole environment."""
