@@ -53,12 +53,37 @@ def timed(name, seconds):
 '''
 
 
+GATED = '''
+import time
+from pathlib import Path
+from typing import Annotated
+from cpbuild import Product
+from ranlog import ran
+
+GATE = Path({gate!r})
+
+
+def task_quick(out: Annotated[Path, Product] = Path("quick.txt")) -> None:
+    ran("quick")
+    out.write_text("done")
+
+
+def task_waits(quick: None, out: Annotated[Path, Product] = Path("partial.txt")) -> None:
+    ran("waits")
+    out.write_text("half written")
+    while not GATE.exists():
+        time.sleep(0.02)
+    out.write_text("complete")
+'''
+
+
 @dataclass
 class Result:
     exit_code: int
     stdout: str
     stderr: str
     ran_list: list[str]
+    stopped_in: float = 0.0  # seconds from SIGINT to exit (Project.interrupt)
 
     @property
     def ran(self) -> set[str]:
@@ -104,6 +129,32 @@ class Project:
             start, end = path.read_text().split()
             spans[path.name] = (float(start), float(end))
         return spans
+
+    def write_gated(self) -> Path:
+        """Tasks ``quick`` and ``waits``: ``waits`` writes half of ``partial.txt`` and waits until
+        the returned gate file exists, so a test can interrupt a build in the middle of a task."""
+        gate = self.path / "gate"
+        self.write("task_wait.py", GATED.format(gate=str(gate)))
+        return gate
+
+    def interrupt(self, *args: str, when: str = "partial.txt", timeout: float = 30) -> Result:
+        """Start ``cpbuild ARGS``, send SIGINT once ``when`` exists, and wait for the end."""
+        import signal
+        import time
+
+        self.log.write_text("")
+        process = subprocess.Popen(self.command(*args), cwd=self.path, env=self.env(),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        marker = self.path / when
+        deadline = time.monotonic() + timeout
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.exists(), f"{when} never appeared: the build did not reach the task"
+        process.send_signal(signal.SIGINT)
+        signalled = time.monotonic()
+        stdout, stderr = process.communicate(timeout=timeout)
+        ran = [line for line in self.log.read_text().splitlines() if line]
+        return Result(process.returncode, stdout, stderr, ran, time.monotonic() - signalled)
 
     def read(self, relpath: str) -> str:
         return (self.path / relpath).read_text()

@@ -7,7 +7,6 @@ assertions do not depend on interpreter start-up or machine load beyond the task
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -267,47 +266,12 @@ def test_a_dying_worker_fails_its_task_and_the_build_goes_on(project, how):
 
 
 def test_sigint_leaves_no_partial_product_and_the_next_build_finishes_the_rest(project):
-    gate = project.path / "gate"
-    project.write(
-        "task_wait.py",
-        f"""
-        import time
-        from pathlib import Path
-        from typing import Annotated
-        from cpbuild import Product
-        from ranlog import ran
-
-        def task_quick(out: Annotated[Path, Product] = Path("quick.txt")) -> None:
-            ran("quick")
-            out.write_text("done")
-
-        def task_waits(quick: None, out: Annotated[Path, Product] = Path("partial.txt")) -> None:
-            ran("waits")
-            out.write_text("half written")
-            while not Path({str(gate)!r}).exists():
-                time.sleep(0.02)
-            out.write_text("complete")
-        """,
-    )
+    gate = project.write_gated()
     for executor in ("inline", "thread", "process"):
-        process = subprocess.Popen(
-            project.command("--executor", executor, "-j2"),
-            cwd=project.path,
-            env=project.env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        partial = project.path / "partial.txt"
-        deadline = time.monotonic() + 30
-        while not partial.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert partial.exists(), "the waiting task never started"
-        process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=30)
-        assert process.returncode == 2, (stdout, stderr)
-        assert not partial.exists(), f"{executor}: the interrupted task's product was left behind"
-        assert (project.path / "quick.txt").read_text() == "done"
+        result = project.interrupt("--executor", executor, "-j2")
+        assert result.exit_code == 2, result
+        assert not (project.path / "partial.txt").exists(), f"{executor}: a partial product was left"
+        assert project.read("quick.txt") == "done"
     gate.write_text("open")
     result = project.run()
     assert result.exit_code == 0, result

@@ -189,51 +189,12 @@ def test_a_crash_or_timeout_fails_only_its_task(project):
 
 def test_sigint_stops_the_build_and_leaves_no_partial_product(project):
     project.write("cpbuild.toml", "")
-    gate = project.path / "gate"
-    project.write(
-        "task_wait.py",
-        f"""
-        import time
-        from pathlib import Path
-        from typing import Annotated
-
-        from cpbuild import Product
-        from ranlog import ran
-
-
-        def task_quick(out: Annotated[Path, Product] = Path("quick.txt")) -> None:
-            ran("quick")
-            out.write_text("done")
-
-
-        def task_waits(quick: None, out: Annotated[Path, Product] = Path("partial.txt")) -> None:
-            ran("waits")
-            out.write_text("half written")
-            while not Path({str(gate)!r}).exists():
-                time.sleep(0.02)
-            out.write_text("complete")
-        """,
-    )
-    process = subprocess.Popen(
-        project.command("--executor", "dask", "-j2"),
-        cwd=project.path,
-        env=project.env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    partial = project.path / "partial.txt"
-    deadline = time.monotonic() + 30
-    while not partial.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert partial.exists(), "the waiting task never started"
-    process.send_signal(signal.SIGINT)
-    start = time.monotonic()
-    stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == 2, (stdout, stderr)
-    assert time.monotonic() - start < 5, "stopping the local cluster took too long"
-    assert not partial.exists(), "the interrupted task's product was left behind"
-    assert (project.path / "quick.txt").read_text() == "done"
+    gate = project.write_gated()
+    result = project.interrupt("--executor", "dask", "-j2")
+    assert result.exit_code == 2, result
+    assert result.stopped_in < 5, "stopping the local cluster took too long"
+    assert not (project.path / "partial.txt").exists(), "the interrupted task's product was left behind"
+    assert project.read("quick.txt") == "done"
     gate.write_text("open")
     result = project.run("--executor", "dask", "-j2")
     assert result.exit_code == 0, result
