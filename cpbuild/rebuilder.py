@@ -156,7 +156,7 @@ class Rebuilder:
         root: Path,
         state: State,
         files: FileDigests,
-        code: CodeTracker,
+        code: CodeTracker | None,
         serializer: Any,
         hasher: Any,
         extras: Any,

@@ -199,7 +199,8 @@ class Scheduler:
             if not interrupted and not self.options.dry_run:
                 self.rebuilder.files.settle_racy()
             self.state.update_files(self.rebuilder.files.take_dirty())
-            self.state.update_code(self.rebuilder.code.new_cache)
+            if self.rebuilder.code is not None:
+                self.state.update_code(self.rebuilder.code.new_cache)
             if not interrupted:
                 for executor in self._executors.values():
                     executor.shutdown()

@@ -250,7 +250,7 @@ class Session:
             self.config.root,
             state,
             files,
-            self.code_tracker(),
+            None if self.from_cache else self.code_tracker(),  # cached tasks carry their code keys
             self.serializer,
             self.hasher,
             self.hook.cpbuild_key_extras,
