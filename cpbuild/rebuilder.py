@@ -113,15 +113,9 @@ class FileDigests:
 
     def settle_racy(self) -> None:
         """At the end of a build, remember the files that were too new to trust when hashed
-        (the products a build just wrote, typically) once they are old enough and read the
-        same: the next build then does not read them again. Waits at most ``RACY_NS`` for the
-        newest of them."""
-        if not self.racy:
-            return
-        newest = max(entry[3] for entry in self.racy.values())
-        wait = newest + RACY_NS - time.time_ns()
-        if wait > 0:
-            time.sleep(min(wait, RACY_NS) / 1e9)
+        (the products a build just wrote, typically) if they are old enough now and read the
+        same: the next build then does not read them again. The newest stay unremembered
+        rather than waited for: the next build reads those few once more (git's racy rule)."""
         now = time.time_ns()
         for path, entry in list(self.racy.items()):
             if now - entry[3] <= RACY_NS:

@@ -168,41 +168,83 @@ def _captured(enabled: bool) -> Iterator[tuple[Any, Any]]:
         stdout.local.target = stderr.local.target = None
 
 
+class _DescriptorCapture:
+    """Descriptors 1 and 2 of a worker process, pointed at two temporary files.
+
+    They stay pointed there from one captured task to the next (nothing else runs in a worker
+    between tasks) and the files are emptied after each task: a task costs a few system calls
+    for its capture, not the dozen that saving and restoring the descriptors takes. A task that
+    must not be captured gets the original descriptors back for its run."""
+
+    def __init__(self) -> None:
+        self.files: list[Any] = []
+        self.saved: list[int] = []
+        self.active = False
+
+    def start(self) -> None:
+        if not self.files:
+            import tempfile
+
+            self.files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
+            self.saved = [os.dup(1), os.dup(2)]
+        if not self.active:
+            os.dup2(self.files[0].fileno(), 1)
+            os.dup2(self.files[1].fileno(), 2)
+            self.active = True
+
+    def stop(self) -> None:
+        if self.active:
+            os.dup2(self.saved[0], 1)
+            os.dup2(self.saved[1], 2)
+            self.active = False
+
+    def take(self) -> list[str]:
+        """What was written since the last call, for stdout and stderr; empties the files."""
+        texts = []
+        for file in self.files:
+            fd = file.fileno()
+            size = os.lseek(fd, 0, os.SEEK_END)  # written through descriptor 1 or 2
+            if size:
+                texts.append(os.pread(fd, size, 0).decode(errors="replace"))
+                os.ftruncate(fd, 0)
+                os.lseek(fd, 0, os.SEEK_SET)  # the offset is shared with descriptor 1 or 2
+            else:
+                texts.append("")
+        return texts
+
+
+_descriptors = _DescriptorCapture()
+
+
 @contextmanager
 def _fd_captured(enabled: bool) -> Iterator[tuple[io.StringIO, io.StringIO]]:
     """Capture at the file-descriptor level, so that the output of child processes (a compiler
     run through subprocess) is captured too. Used in worker processes, one task at a time."""
     out, err = io.StringIO(), io.StringIO()
-    if not enabled:
-        yield out, err
-        return
     sys.stdout.flush()
     sys.stderr.flush()
-    import tempfile
-
-    files = [tempfile.TemporaryFile(), tempfile.TemporaryFile()]
-    saved = [os.dup(1), os.dup(2)]
-    os.dup2(files[0].fileno(), 1)
-    os.dup2(files[1].fileno(), 2)
+    if not enabled:
+        _descriptors.stop()
+        yield out, err
+        return
+    _descriptors.start()
     try:
         yield out, err
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        for stream, file in zip((out, err), files, strict=True):
-            file.seek(0)
-            stream.write(file.read().decode(errors="replace"))
-            file.close()
+        text_out, text_err = _descriptors.take()
+        out.write(text_out)
+        err.write(text_err)
+
+
+_NODE = os.uname().nodename
 
 
 def run_job(job: Job, fd_capture: bool = False) -> Outcome:
     """Run ``job`` and describe what happened. Ctrl-C propagates: it is not the task's failure."""
     start = time.perf_counter()
-    result = Outcome(False, worker=f"{os.uname().nodename}:{os.getpid()}:{threading.current_thread().name}")
+    result = Outcome(False, worker=f"{_NODE}:{os.getpid()}:{threading.current_thread().name}")
     capture = _fd_captured if fd_capture else _captured
     value: Any = None
     with capture(job.capture) as (out, err):
@@ -230,10 +272,14 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
             f"{type(error).__name__}: {error}"
         )
         return result
-    result.ok = True
-    result.value_digest = job.hasher.bytes_digest(data)
-    if job.storage is not None:
-        job.storage.put(result.value_digest, data)
-    else:
+    digest = job.hasher.bytes_digest(data)
+    if job.storage is None:
         result.value = data
+    else:
+        try:
+            job.storage.put(digest, data)
+        except Exception as error:  # a full disk, a locked or unreachable store
+            result.error = f"the value of {job.task_id} could not be stored: {type(error).__name__}: {error}"
+            return result
+    result.ok, result.value_digest = True, digest
     return result

@@ -36,6 +36,11 @@ FAILED = "failed"
 SKIPPED = "skipped"
 WOULD_RUN = "would-run"
 
+#: Finished tasks wait at most this long to be recorded: one transaction for all the tasks that
+#: finish within it (a transaction per tiny task cost more than the task). A cpbuild killed
+#: with SIGKILL loses at most this much finished work; Ctrl-C and errors lose none.
+RECORD_EVERY = 0.1
+
 
 @dataclass
 class TaskReport:
@@ -111,6 +116,8 @@ class Scheduler:
         self._made_dirs: set[str] = set()
         self._ahead = 0  # extra tasks an executor asked to hold (see _executor)
         self._task_finish = session.hook.cpbuild_task_finish
+        self._unrecorded: list[tuple[Record, dict[str, Any], list[Any]]] = []
+        self._unrecorded_since = 0.0
         self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
         self._would_run: set[str] = set()  # dry run: their downstream would run too
         limits = dict(session.config.queues)
@@ -159,7 +166,12 @@ class Scheduler:
                 if running:
                     from concurrent.futures import FIRST_COMPLETED, wait  # only when tasks run
 
-                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    timeout = None
+                    if self._unrecorded:
+                        timeout = max(0.0, self._unrecorded_since + RECORD_EVERY - time.monotonic())
+                    done, _ = wait(list(running), timeout, FIRST_COMPLETED)
+                    if self._unrecorded and time.monotonic() - self._unrecorded_since >= RECORD_EVERY:
+                        self._flush_records()
                     for future in done:
                         task, decision, before, executor = running.pop(future)
                         if future.cancelled():  # queued in its executor when the build stopped
@@ -196,6 +208,7 @@ class Scheduler:
         finally:
             if "cpbuild.runner" in sys.modules:  # tasks ran in this process: real streams back
                 sys.modules["cpbuild.runner"].uninstall_streams()
+            self._flush_records()
             if not interrupted and not self.options.dry_run:
                 self.rebuilder.files.settle_racy()
             self.state.update_files(self.rebuilder.files.take_dirty())
@@ -339,8 +352,11 @@ class Scheduler:
         """Record a finished task; returns a new future when a failed attempt is retried."""
         attempt = self._attempts.get(task.id, 1)
         error = outcome.error
+        products: dict[str, str | None] = {}
         if outcome.ok:
-            missing = [self.graph.rel(p) for p in task.product_files if not os.path.isfile(p)]
+            digest = self.rebuilder.files.digest
+            products = {self.graph.rel(path): digest(path, fresh=True) for path in task.product_files}
+            missing = [rel for rel, product_digest in products.items() if product_digest is None]
             if missing:
                 error = f"{task.id} did not create its declared product{'s' if len(missing) > 1 else ''} {', '.join(missing)}"
         log = self._logs.setdefault(task.id, [])
@@ -375,16 +391,24 @@ class Scheduler:
             self._finish(report)
             return None
         files = self.rebuilder.files
-        products = {self.graph.rel(path): files.digest(path, fresh=True) for path in task.product_files}
         assert outcome.value_digest is not None and decision.key is not None and decision.parts is not None
         if outcome.value is not None:
             self.storage.put(outcome.value_digest, outcome.value)
         record = Record(decision.key, task.id, outcome.value_digest, products, outcome.duration)
         if task.options.cache:
-            self.state.record(record, decision.parts, files.take_dirty(), time.time())
+            if not self._unrecorded:
+                self._unrecorded_since = time.monotonic()
+            self._unrecorded.append((record, decision.parts, files.take_dirty()))
         self.value_digests[task.id] = outcome.value_digest
         self._finish(report)
         return None
+
+    def _flush_records(self) -> None:
+        """Record the finished tasks not recorded yet, in one transaction (see RECORD_EVERY);
+        they stay pending if it is interrupted, for the ``finally`` of ``run`` to retry."""
+        if self._unrecorded:
+            self.state.record(self._unrecorded, time.time())
+            self._unrecorded = []
 
     def _delete_products(self, task: Task, before: dict[str, Any]) -> None:
         """Delete the products a failed or interrupted run created or changed."""

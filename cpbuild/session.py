@@ -106,12 +106,14 @@ class Session:
         ``None`` (a run that printed nothing and succeeded at once) removes an older log
         instead: creating a file per task is a large part of a full build of small tasks.
         """
-        path = self.log_path(task)
         if self._logs is None:  # the logs that exist, listed once per session
             try:
-                self._logs = set(os.listdir(path.parent))
+                self._logs = set(os.listdir(self.config.cache_path / "logs"))
             except FileNotFoundError:
                 self._logs = set()
+        if text is None and not self._logs:  # the common case of a full build: nothing to do
+            return
+        path = self.log_path(task)
         if text is None:
             if path.name in self._logs:
                 self._logs.discard(path.name)

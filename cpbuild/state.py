@@ -18,8 +18,9 @@ One SQLite database (WAL mode) in the cache folder, ``state.db``, with these tab
 A process's first write transaction bumps the generation, which marks the snapshot stale should
 the process die; ``close()`` writes a fresh snapshot when the process changed anything. A build
 loads the snapshot in one read when its generation is current (the usual case), and falls back
-to reading the tables when it is not (after a crash). Tasks are recorded one transaction per
-finished task; nothing is recorded for a task before it fully succeeded. Row data is
+to reading the tables when it is not (after a crash). Finished tasks are recorded in batches,
+one transaction each (the scheduler flushes at least every 0.1 s and at the end of a build,
+interrupted or not); nothing is recorded for a task before it fully succeeded. Row data is
 ``marshal``-encoded: the fastest codec in the standard library, stable across the Python
 versions whose keys it stores.
 """
@@ -91,6 +92,8 @@ class State:
         self.code: dict[str, Any] = {}
         self._snapshot_generation = -1
         self._bumped = False
+        self._keys: set[str] | None = None  # every recorded key (see find)
+        self._finds = 0
         self._load()
 
     def _load(self) -> None:
@@ -115,7 +118,16 @@ class State:
         self.code = {key: loads(data) for key, data in self._db.execute("SELECT * FROM code")}
 
     def find(self, key: str) -> Record | None:
-        """The record of ``key`` if it was ever built (for keys that are not the latest)."""
+        """The record of ``key`` if it was ever built (for keys that are not the latest).
+
+        After a few lookups the keys of all records are read in one query, so that a build in
+        which every task is new (the first build, a changed helper) makes no query per task,
+        while an edit that reruns one task does not read the whole history."""
+        self._finds += 1
+        if self._keys is None and self._finds > 32:
+            self._keys = {row[0] for row in self._db.execute("SELECT key FROM records")}
+        if self._keys is not None and key not in self._keys:
+            return None
         row = self._db.execute(
             "SELECT key, task, value, products, duration FROM records WHERE key = ?", (key,)
         ).fetchone()
@@ -130,22 +142,29 @@ class State:
 
     def record(
         self,
-        record: Record,
-        parts: dict[str, Any],
-        files: Iterable[tuple[str, StatEntry]],
+        finished: list[tuple[Record, dict[str, Any], list[tuple[str, StatEntry]]]],
         created: float,
     ) -> None:
-        """Write one finished task and the stat entries it produced, in one transaction."""
-        files = list(files)
+        """Write finished tasks (record, key parts, the stat entries each produced) in one
+        transaction."""
+        if not finished:
+            return
+        files = [entry for _, _, entries in finished for entry in entries]
+        dumps = marshal.dumps
         with self._transaction():
-            self._db.execute(
+            self._db.executemany(
                 "INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (record.key, record.task, record.value, marshal.dumps(record.products),
-                 marshal.dumps(parts), record.duration, created),
+                [(r.key, r.task, r.value, dumps(r.products), dumps(parts), r.duration, created)
+                 for r, parts, _ in finished],
             )
-            self._db.execute("INSERT OR REPLACE INTO latest VALUES (?, ?)", (record.task, record.key))
+            self._db.executemany(
+                "INSERT OR REPLACE INTO latest VALUES (?, ?)", [(r.task, r.key) for r, _, _ in finished]
+            )
             self._write_files(files)
-        self.latest[record.task] = record
+        for record, _, _ in finished:
+            self.latest[record.task] = record
+            if self._keys is not None:
+                self._keys.add(record.key)
         self.files.update(files)
 
     def set_latest(self, record: Record) -> None:

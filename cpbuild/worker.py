@@ -1,10 +1,11 @@
 """The executing side of the ``process`` and ``prefix`` executors.
 
 ``python -m cpbuild.worker serve READ_FD WRITE_FD``: a long-lived pool worker. It reads
-length-prefixed frames ``(function digest, function bytes or None, rest of the job)`` from one
-pipe and writes outcomes to the other, one at a time, so it can be reused across tasks; each
-task function is unpickled once per worker (``cpbuild.executors.shipping.JobPacker``). Its standard streams are the terminal's; task output is captured
-at the file-descriptor level per job.
+length-prefixed frames ``(function digest, function bytes or None, context digest, context
+bytes or None, fields)`` from one pipe and writes one outcome per job to the other, in order,
+so it can be reused across tasks; each task function and context is unpickled once per worker
+(``cpbuild.executors.shipping.JobPacker``). Its standard streams are the terminal's; task
+output is captured at the file-descriptor level per job.
 
 ``python -m cpbuild.worker run JOB_FILE OUTCOME_FILE``: runs one job and exits; used behind a
 job-scheduler prefix (``srun ... python -m cpbuild.worker run ...``) over a shared file system.
@@ -77,6 +78,7 @@ def _exit_with_parent() -> None:
 
 
 def serve(read_fd: int, write_fd: int) -> int:
+    from cpbuild.executors.shipping import unpack_job
     from cpbuild.runner import run_job
 
     init = read_frame(read_fd)
@@ -84,17 +86,23 @@ def serve(read_fd: int, write_fd: int) -> int:
         return 0
     _setup(pickle.loads(init))
     _exit_with_parent()
+    import atexit
+
+    exit_handlers = atexit._ncallbacks()
     functions: dict[str, Any] = {}  # digest -> task function, unpickled once per worker
+    contexts: dict[str, Any] = {}  # digest -> (serializer, hasher, storage), likewise
     while True:
         data = read_frame(read_fd)
         if data is None:
+            _exit_fast_if_clean(exit_handlers)
             return 0
         try:
-            digest, function_bytes, rest = pickle.loads(data)
+            digest, function_bytes, context_digest, context_bytes, fields = pickle.loads(data)
             if digest not in functions:
                 functions[digest] = pickle.loads(function_bytes)
-            job = pickle.loads(rest)
-            job.function = functions[digest]
+            if context_digest not in contexts:
+                contexts[context_digest] = pickle.loads(context_bytes)
+            job = unpack_job(functions[digest], contexts[context_digest], fields)
         except Exception as error:  # e.g. a library the task needs is missing here
             from cpbuild.runner import Outcome
 
@@ -102,6 +110,20 @@ def serve(read_fd: int, write_fd: int) -> int:
         else:
             outcome = run_job(job, fd_capture=True)
         write_frame(write_fd, pickle.dumps(outcome, protocol=5))
+
+
+def _exit_fast_if_clean(exit_handlers: int) -> None:
+    """Skip the interpreter's teardown (tens of milliseconds with the libraries a task
+    imported) unless task code left something for it to do: exit handlers or threads."""
+    import atexit
+    import threading
+
+    if atexit._ncallbacks() == exit_handlers and all(
+        t.daemon or t is threading.main_thread() for t in threading.enumerate()
+    ):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def run_file(job_file: str, outcome_file: str) -> int:

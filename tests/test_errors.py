@@ -8,8 +8,10 @@ project exits 5. Nothing built earlier is lost when a later build fails.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -504,3 +506,45 @@ def test_remote_cache_without_a_plugin_is_a_config_error(project):
     result = project.run()
     assert result.exit_code == 4
     assert "remote_cache" in result.stderr and "plugin" in result.stderr
+
+
+VALUES = """
+from ranlog import ran
+
+def task_v() -> int:
+    ran("v")
+    return 41
+
+def task_w(v: int) -> int:
+    ran("w")
+    return v + 1
+"""
+
+
+def test_a_corrupted_value_is_reported_deleted_and_rebuilt(project):
+    project.write("task_values.py", VALUES)
+    assert project.run().ran == {"v", "w"}
+    with contextlib.closing(sqlite3.connect(project.path / ".cpbuild/objects/pack.db")) as pack:
+        pack.execute("UPDATE objects SET data = X'00'")
+        pack.commit()
+    project.write("task_values.py", VALUES.replace("v + 1", "v + 2"))
+    result = project.run()  # w runs again and loads v's value, which no longer matches its digest
+    assert result.exit_code == 1, result
+    assert result.ran == set()
+    assert "is corrupted; it is deleted and will be rebuilt" in result.stdout
+    assert "rebuild its producer with cpbuild -B" in result.stdout
+    result = project.run()  # v's value is missing now: v runs again, then w
+    assert result.exit_code == 0, result
+    assert result.ran == {"v", "w"}
+
+
+def test_a_damaged_value_pack_is_named_with_what_to_do(project):
+    project.write("task_values.py", VALUES)
+    assert project.run().exit_code == 0
+    for name in ("pack.db-wal", "pack.db-shm"):
+        (project.path / ".cpbuild/objects" / name).unlink(missing_ok=True)
+    (project.path / ".cpbuild/objects/pack.db").write_bytes(b"this is not a database" * 100)
+    result = project.run()
+    assert result.exit_code == 3, result
+    assert "pack.db cannot be used" in result.stderr and "delete it" in result.stderr
+    assert "Traceback" not in result.output

@@ -410,3 +410,77 @@ def test_sigterm_stops_workers_and_leaves_no_partial_product(project):
     while _alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(worker), "the worker outlived cpbuild"
+
+
+def test_jobs_waiting_behind_a_crash_or_a_timeout_run_on_a_fresh_worker(project):
+    # One worker holds the job it runs and the next: the next must not be lost with it.
+    project.write(
+        "task_mix.py",
+        """
+        import os
+        import time
+        from cpbuild import task
+        from ranlog import ran
+
+        def task_crash() -> None:
+            os._exit(3)
+
+        def task_q0() -> int:
+            ran("q0")
+            return 0
+
+        @task(timeout=0.5)
+        def task_slow() -> None:
+            time.sleep(30)
+
+        def task_q1() -> int:
+            ran("q1")
+            return 1
+
+        def task_q2(q0: int, q1: int) -> int:
+            ran("q2")
+            return q0 + q1 + 1
+        """,
+    )
+    result = project.run("-j1", "--executor", "process", "--keep-going", timeout=60)
+    assert result.exit_code == 1, result
+    assert "worker process running task_mix.py::crash died (exit status 3)" in result.stdout
+    assert "task_mix.py::slow timed out after 0.5s" in result.stdout
+    assert result.ran == {"q0", "q1", "q2"}
+    assert "3 ran" in result.output and "2 failed" in result.output
+
+
+def test_a_reused_worker_captures_each_task_apart(project):
+    project.write(
+        "task_talk.py",
+        """
+        import subprocess
+        import sys
+        from cpbuild import task
+
+        def task_a() -> int:
+            print("from a")
+            subprocess.run(["sh", "-c", "echo child of a; echo child error of a >&2"], check=True)
+            return 1
+
+        @task(capture=False)
+        def task_b(a: int) -> int:
+            print("uncaptured b", flush=True)
+            return a + 1
+
+        def task_c(b: int) -> int:
+            print("from c")
+            print("error of c", file=sys.stderr)
+            return b + 1
+        """,
+    )
+    result = project.run("-j1", "--executor", "process")
+    assert result.exit_code == 0, result
+    assert "uncaptured b" in result.stdout
+    assert "from a" not in result.stdout and "from c" not in result.stdout
+    log_a = project.run("--log", "a").stdout
+    assert "from a" in log_a and "child of a" in log_a and "child error of a" in log_a
+    assert "from c" not in log_a and "error of c" not in log_a
+    log_c = project.run("--log", "c").stdout
+    assert "from c" in log_c and "error of c" in log_c
+    assert "of a" not in log_c and "uncaptured" not in log_c

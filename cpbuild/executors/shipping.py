@@ -9,8 +9,9 @@ pickled by reference and must be installed where the job runs.
 from __future__ import annotations
 
 import os
+import pickle
 import sys
-from pathlib import Path
+from pathlib import Path, PosixPath, PurePosixPath
 from typing import Any
 
 from cpbuild import project
@@ -31,47 +32,96 @@ def dumps_job(job: Any, root: Path) -> bytes:
 
 
 class JobPacker:
-    """Pickles jobs for one executor, the task function apart from the rest of the job.
+    """Pickles jobs for one executor in three parts that workers keep apart.
 
-    A loop that declares a thousand tasks makes a thousand function objects with the same code,
-    globals and defaults; they pickle to the same bytes. Those bytes are made once, named by
-    their digest, and a worker unpickles each digest once (``cpbuild.worker``), so a job costs
-    little more than its arguments. Project modules are registered for pickling by value once,
-    when the first job is packed: collection has imported them all by then.
+    * The task function. A loop that declares a thousand tasks makes a thousand function
+      objects with the same code, globals and defaults; they pickle to the same bytes. Those
+      bytes are made once, named by their digest, and a worker unpickles each digest once.
+    * The context: the serializer, hasher and storage, the same for every job of a build;
+      pickled once, unpickled once per worker.
+    * The fields: task id, arguments, upstream digests, options. Plain data (numbers, strings,
+      paths and containers of them, the usual case) goes through the C pickler; anything else
+      through cloudpickle, which pickles project classes and lambdas by value but costs ten
+      times as much per job.
+
+    Project modules are registered for pickling by value once, when the first job is packed:
+    collection has imported them all by then.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._registered = False
         self._functions: dict[Any, tuple[Any, str, bytes]] = {}
+        self._contexts: dict[tuple[int, int, int], tuple[tuple[Any, Any, Any], str, bytes]] = {}
 
-    def function(self, function: Any) -> tuple[str, bytes]:
-        """(digest, pickled bytes) of a task function."""
-        import hashlib
-
+    def _cloudpickle(self) -> Any:
         import cloudpickle
 
         if not self._registered:
             for module in project_modules(self.root):
                 cloudpickle.register_pickle_by_value(module)
             self._registered = True
+        return cloudpickle
+
+    def function(self, function: Any) -> tuple[str, bytes]:
+        """(digest, pickled bytes) of a task function."""
         code = getattr(function, "__code__", None)
         key = (code, id(getattr(function, "__globals__", None))) if code is not None else id(function)
         cached = self._functions.get(key)
         if cached is not None and _same_state(function, cached[0]):
             return cached[1], cached[2]
-        data = cloudpickle.dumps(function, protocol=5)
-        digest = hashlib.sha256(data).hexdigest()
+        data = self._cloudpickle().dumps(function, protocol=5)
+        digest = _digest(data)
         self._functions[key] = (function, digest, data)
         return digest, data
 
-    def rest(self, job: Any) -> bytes:
-        """The job without its function (``function`` is None in the result)."""
-        import dataclasses
+    def context(self, job: Any) -> tuple[str, bytes]:
+        """(digest, pickled bytes) of the job's serializer, hasher and storage."""
+        objects = (job.serializer, job.hasher, job.storage)
+        key = (id(objects[0]), id(objects[1]), id(objects[2]))
+        cached = self._contexts.get(key)
+        if cached is None:
+            data = self._cloudpickle().dumps(objects, protocol=5)
+            cached = self._contexts[key] = (objects, _digest(data), data)  # keeps the ids alive
+        return cached[1], cached[2]
 
-        import cloudpickle
+    def fields(self, job: Any) -> bytes:
+        """The rest of the job: see ``unpack_job``."""
+        fields = (job.task_id, job.kwargs, job.values, job.capture, job.timeout, job.options)
+        if _is_plain(job.kwargs, [10_000]) and _is_plain(job.options, [1_000]):
+            return pickle.dumps(fields, protocol=5)
+        return self._cloudpickle().dumps(fields, protocol=5)
 
-        return cloudpickle.dumps(dataclasses.replace(job, function=None), protocol=5)
+
+def unpack_job(function: Any, context: tuple[Any, Any, Any], fields: bytes) -> Any:
+    """The job a worker runs, from the parts ``JobPacker`` made."""
+    from cpbuild.runner import Job
+
+    task_id, kwargs, values, capture, timeout, options = pickle.loads(fields)
+    return Job(task_id, function, kwargs, values, *context, capture=capture, timeout=timeout, options=options)
+
+
+_PLAIN_LEAVES = frozenset({type(None), bool, int, float, complex, str, bytes, PosixPath, PurePosixPath})
+_PLAIN_CONTAINERS = frozenset({list, tuple, dict, set, frozenset})
+
+
+def _is_plain(value: Any, budget: list[int]) -> bool:
+    """Whether ``value`` is built-in data that the standard pickler handles alike everywhere."""
+    budget[0] -= 1
+    kind = type(value)
+    if kind in _PLAIN_LEAVES:
+        return True
+    if kind not in _PLAIN_CONTAINERS or budget[0] < 0:
+        return False
+    if kind is dict:
+        return all(_is_plain(k, budget) and _is_plain(v, budget) for k, v in value.items())
+    return all(_is_plain(v, budget) for v in value)
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
 
 
 def _same_state(a: Any, b: Any) -> bool:
