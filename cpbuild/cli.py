@@ -96,11 +96,12 @@ def _early(argv: list[str]) -> tuple[list[str], Path]:
 def run() -> None:
     """The console script and ``python -m cpbuild``: ``main``, then a fast exit.
 
-    When no task ran in this process (a no-op, ``-n``, ``--list``), the interpreter's teardown —
-    freeing every collected task, function and module one by one — costs about a tenth of the
-    whole command on a few thousand tasks, and buys nothing: the state is closed and the output
-    flushed. Then the atexit handlers run and the process exits at once. When a task ran, its
-    objects may hold unflushed files, so the normal exit is kept.
+    When no task ran in this process (a no-op, ``-n``, ``--list``, a build whose tasks all ran
+    in worker processes), the interpreter's teardown — freeing every collected task, function
+    and module one by one — costs about a tenth of the whole command on a few thousand tasks,
+    and buys nothing: the state is closed and the output flushed. Then the atexit handlers run
+    and the process exits at once. When a task ran here, its objects may hold unflushed files,
+    so the normal exit is kept.
     """
     invocation = Invocation()
     code = main(invocation=invocation)

@@ -30,6 +30,9 @@ def run_once(session: Any, lock: Any = None, use_cache: bool = True) -> ExitCode
         lock.acquire(wait=not options.no_wait)
     started = time.perf_counter()
     cached = use_cache and not (options.graph or options.log or options.clean or options.force)
+    session.start_workers = not (
+        options.graph or options.log or options.clean or options.list or options.why or options.dry_run
+    )
     session.collect(analyse=reads_state, use_cache=cached)
     collected = time.perf_counter()
     assert session.graph is not None

@@ -34,6 +34,8 @@ Backend objects are duck-typed; the protocols they follow are documented here:
 
     submit(job: cpbuild.runner.Job) -> concurrent.futures.Future[cpbuild.runner.Outcome]
     shutdown(cancel: bool) -> None
+    queue_ahead: int = 0      # optional: jobs it wants beyond -j, to keep its workers busy
+    in_process: bool = True   # optional: False if task code never runs in cpbuild's process
 """
 
 from __future__ import annotations

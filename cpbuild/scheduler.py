@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import heapq
 import os
+import queue
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ WOULD_RUN = "would-run"
 #: finish within it (a transaction per tiny task cost more than the task). A cpbuild killed
 #: with SIGKILL loses at most this much finished work; Ctrl-C and errors lose none.
 RECORD_EVERY = 0.1
+#: How often the queue of finished futures is looked at while an executor that is polled (the
+#: process executor) and one with threads of its own (prefix, thread) both have tasks running.
+POLL_STEP = 0.005
 
 
 @dataclass
@@ -108,7 +112,7 @@ class Scheduler:
         self.consumers = {
             up for i in ids for up in self.graph.value_deps[i].values() if up in self.selected
         }
-        self._executors: dict[str, Any] = {}
+        self._executors: dict[str, Any] = session.executors  # also those started before collection
         self._attempts: dict[str, int] = {}
         self._logs: dict[str, list[str]] = {}
         self._stopping = False
@@ -116,6 +120,7 @@ class Scheduler:
         self._made_dirs: set[str] = set()
         self._ahead = 0  # extra tasks an executor asked to hold (see _executor)
         self._task_finish = session.hook.cpbuild_task_finish
+        self._finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         self._unrecorded: list[tuple[Record, dict[str, Any], list[Any]]] = []
         self._unrecorded_since = 0.0
         self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
@@ -164,12 +169,10 @@ class Scheduler:
                         if queue is not None:
                             self.queue_running[queue] = self.queue_running.get(queue, 0) + 1
                 if running:
-                    from concurrent.futures import FIRST_COMPLETED, wait  # only when tasks run
-
                     timeout = None
                     if self._unrecorded:
                         timeout = max(0.0, self._unrecorded_since + RECORD_EVERY - time.monotonic())
-                    done, _ = wait(list(running), timeout, FIRST_COMPLETED)
+                    done = self._next_finished(timeout)
                     if self._unrecorded and time.monotonic() - self._unrecorded_since >= RECORD_EVERY:
                         self._flush_records()
                     for future in done:
@@ -199,6 +202,7 @@ class Scheduler:
             # Stop the workers first: a task still running could write its product again.
             for executor in self._executors.values():
                 executor.shutdown(cancel=True)
+            self._executors.clear()
             for task, before in stopped:
                 self._delete_products(task, before)
             if not isinstance(error, KeyboardInterrupt):
@@ -217,7 +221,41 @@ class Scheduler:
             if not interrupted:
                 for executor in self._executors.values():
                     executor.shutdown()
+                self._executors.clear()
         return self._end(start, interrupted)
+
+    def _next_finished(self, timeout: float | None) -> list[Future[Outcome]]:
+        """The futures that finished: waits for the first (up to ``timeout``), takes the rest.
+
+        Each future puts itself on a queue when it finishes (``_submit``); a queue costs a
+        fraction of what ``concurrent.futures.wait`` costs per call, which installs and removes
+        a waiter on every running future, and a build of small tasks calls it once per task.
+        Executors without threads of their own (``poll``, the process executor) are waited in."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pollers = [e for e in self._executors.values() if hasattr(e, "poll")]
+        while pollers and self._finished.empty():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if len(pollers) == len(self._executors) == 1:
+                pollers[0].poll(left)  # the only executor: wait in it
+            else:  # others resolve futures from threads of their own: look at the queue often
+                for executor in pollers:
+                    executor.poll(0)
+                if self._finished.empty():
+                    try:
+                        self._finished.put(self._finished.get(timeout=POLL_STEP if left is None else min(left, POLL_STEP)))
+                    except queue.Empty:
+                        pass
+            if left == 0.0:
+                break
+        try:
+            done = [self._finished.get(timeout=timeout if not pollers else 0)]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                done.append(self._finished.get_nowait())
+            except queue.Empty:
+                return done
 
     def _end(self, start: float, interrupted: bool) -> BuildSummary:
         reports = [self.reports[i] for i in self.ids if i in self.reports]
@@ -285,7 +323,6 @@ class Scheduler:
 
     def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[str, Any], Any]:
         gc.enable()  # the CLI turns the collector off for collection; user code needs it
-        self.session.tasks_ran = True
         before = {}
         for product in task.product_files:
             folder = os.path.dirname(product)
@@ -295,6 +332,8 @@ class Scheduler:
             before[product] = _stat(product)
         executor = self._executor(task)
         session = self.session
+        if getattr(executor, "in_process", True):
+            session.tasks_ran = True  # task code runs in this process: exit normally
         from cpbuild.runner import Job  # only when a task runs
 
         job = Job(
@@ -315,6 +354,7 @@ class Scheduler:
         self._submitting = (task, before)  # an inline executor runs the task inside submit()
         future = executor.submit(job)
         self._submitting = None
+        future.add_done_callback(self._finished.put)
         return future, decision, before, executor
 
     def _capture(self, task: Task) -> bool:
@@ -336,14 +376,10 @@ class Scheduler:
         return prefix.split() if prefix else None
 
     def _executor(self, task: Task) -> Any:
-        name = self.session.executor_for(task)
-        executor = self._executors.get(name)
-        if executor is None:
-            executor = self._executors[name] = self.session.make_executor(name, self.options.jobs)
-            # An executor that queues tasks may be handed more than -j of them, so that a
-            # worker never waits for the main process between two tasks; it still runs at
-            # most -j at once.
-            self._ahead = max(self._ahead, int(getattr(executor, "queue_ahead", 0)))
+        executor = self.session.executor(self.session.executor_for(task), self.options.jobs)
+        # An executor that queues tasks may be handed more than -j of them, so that a worker
+        # never waits for the main process between two tasks; it still runs at most -j at once.
+        self._ahead = max(self._ahead, int(getattr(executor, "queue_ahead", 0)))
         return executor
 
     def _complete(

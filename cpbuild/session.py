@@ -60,6 +60,9 @@ class Session:
         self.from_cache = False  # the graph came from the graph cache: no task module imported
         self.graph_cache: graphcache.Pending | None = None  # to write once the build is over
         self._logs: set[str] | None = None
+        self.executors: dict[str, Any] = {}
+        #: Set for a build that runs tasks: a full collection then starts the worker pool first.
+        self.start_workers = False
 
     # -- backends -----------------------------------------------------------------------------
 
@@ -70,12 +73,26 @@ class Session:
             raise UsageError(f"unknown storage '{name}' (available: {', '.join(known)})")
         return storage
 
-    def make_executor(self, name: str, jobs: int) -> Any:
-        executor = self.hook.cpbuild_make_executor(name=name, config=self.config, jobs=jobs)
+    def executor(self, name: str, jobs: int) -> Any:
+        """The executor ``name`` of this build, made on first use; the scheduler shuts down
+        and forgets every executor in ``executors`` when the build is over."""
+        executor = self.executors.get(name)
         if executor is None:
-            known = sorted(n for names in self.hook.cpbuild_executor_names() for n in names)
-            raise UsageError(f"unknown executor '{name}' (available: {', '.join(known)})")
+            executor = self.hook.cpbuild_make_executor(name=name, config=self.config, jobs=jobs)
+            if executor is None:
+                known = sorted(n for names in self.hook.cpbuild_executor_names() for n in names)
+                raise UsageError(f"unknown executor '{name}' (available: {', '.join(known)})")
+            self.executors[name] = executor
         return executor
+
+    def _start_workers(self) -> None:
+        """Start the process pool before the task modules are imported, when this build will
+        run tasks on it: its workers can then be forked (see ``cpbuild.executors.process``).
+        Only the built-in process executor: making another may mean connecting to a cluster."""
+        if self.start_workers and self.executor_name == "process" and self.config.jobs > 1:
+            start = getattr(self.executor("process", self.config.jobs), "start", None)
+            if start is not None:
+                start()
 
     def executor_for(self, task: Task) -> str:
         """A task's own executor; else ``prefix`` when it has a job prefix (its own or its
@@ -174,6 +191,7 @@ class Session:
                 self.from_cache = True
                 return self.graph
         self.from_cache = False
+        self._start_workers()
         recorder = graphcache.Recorder()
         with recorder.recording() if cacheable else contextlib.nullcontext(recorder):
             tasks, errors = self._import_tasks(files, analyse)
@@ -260,6 +278,9 @@ class Session:
         return Scheduler(self, ids, options).run()
 
     def close(self) -> None:
+        for executor in self.executors.values():  # started for a build that did not happen
+            executor.shutdown(cancel=True)
+        self.executors.clear()
         if self.state is not None:
             self.state.close()
             self.state = None

@@ -22,7 +22,7 @@ import os
 import pickle
 import struct
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 _HEADER = struct.Struct("<Q")
 
@@ -110,6 +110,56 @@ def serve(read_fd: int, write_fd: int) -> int:
         else:
             outcome = run_job(job, fd_capture=True)
         write_frame(write_fd, pickle.dumps(outcome, protocol=5))
+
+
+def serve_forked(read_fd: int, write_fd: int) -> NoReturn:
+    """The life of a worker forked from cpbuild (``cpbuild.executors.process``): undo what it
+    inherited that a started worker would not have, serve, and exit without returning into
+    the copy of cpbuild's call stack."""
+    code = 1
+    try:
+        os.setpgid(0, 0)  # out of the terminal's process group: Ctrl-C is cpbuild's to handle
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for name in ("SIGTERM", "SIGHUP"):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+        keep = {read_fd, write_fd, 1, 2}
+        for entry in os.listdir("/proc/self/fd"):  # other workers' pipes, the state database
+            if int(entry) not in keep:
+                try:
+                    os.close(int(entry))
+                except OSError:
+                    pass
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
+        import gc
+
+        gc.enable()  # the CLI turns it off while it collects
+        code = serve(read_fd, write_fd)
+        _exit_like_python()
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _exit_like_python() -> None:
+    """What the interpreter does at exit that task code may rely on: wait for its threads,
+    run its exit handlers, flush the standard streams."""
+    import atexit
+    import threading
+
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _exit_fast_if_clean(exit_handlers: int) -> None:

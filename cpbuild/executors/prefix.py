@@ -29,6 +29,7 @@ from cpbuild.runner import Job, Outcome
 
 class PrefixExecutor:
     name = "prefix"
+    in_process = False  # task code runs in worker processes only
 
     def __init__(self, jobs: int, root: Path, folder: Path) -> None:
         self.root = root

@@ -1,8 +1,8 @@
 """The process executor: a pool of reusable worker processes (the default for ``-j`` > 1).
 
-Each pool slot is a thread in the main process that owns one worker (``cpbuild.worker serve``)
-and talks to it over a pair of pipes: job in, outcome out. Owning the process, rather than
-using ``concurrent.futures.ProcessPoolExecutor``, is what makes these guarantees possible:
+Each pool slot owns one worker (``cpbuild.worker serve``) and talks to it over a pair of pipes:
+jobs in, outcomes out. Owning the process, rather than using
+``concurrent.futures.ProcessPoolExecutor``, is what makes these guarantees possible:
 
 * a worker that dies (segfault, ``os._exit``) fails only the task it was running; the slot
   starts a fresh worker for the next task (a ProcessPoolExecutor breaks as a whole);
@@ -11,19 +11,23 @@ using ``concurrent.futures.ProcessPoolExecutor``, is what makes these guarantees
 * Ctrl-C reaches only the main process (workers are in their own sessions), which terminates
   the workers' process groups and records nothing half-done.
 
+There are no threads: the scheduler calls ``poll``, which waits on the workers' outcome pipes
+with ``select`` and resolves futures in the scheduler's own thread. A thread per worker cost
+more than the tasks of a build of small tasks, in thread switches and in contention for the
+interpreter lock with the scheduler.
+
 A worker holds up to two jobs (``WINDOW``): the one it runs and the next, so that it never
 waits for the main process between two short tasks. The second job is sent only when its frame
-is small enough to sit in the pipe without blocking (``AHEAD_BYTES``): the slot thread must
+is small enough to sit in the pipe without blocking (``AHEAD_BYTES``): the main process must
 never block writing a job while the worker blocks writing an outcome. A job's timeout counts
 from when the worker starts it (the previous outcome's arrival); when a worker dies or is
-killed, the job it ran fails and the job waiting behind it goes to a fresh worker.
+killed, the job it ran fails and the job waiting behind it goes back to the queue.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import queue
 import select
 import subprocess
 import sys
@@ -31,34 +35,22 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cpbuild.executors.procgroup import describe_exit, kill_group
+from cpbuild.executors.procgroup import KILL_GRACE, describe_exit, kill_group
 from cpbuild.executors.shipping import JobPacker, prepare, worker_init
 from cpbuild.runner import Job, Outcome
 from cpbuild.worker import read_frame, write_frame
 
-
-def _cancel_queued(jobs: queue.SimpleQueue[Any]) -> None:
-    """Cancel the futures of jobs no worker has taken yet."""
-    while True:
-        try:
-            item = jobs.get_nowait()
-        except queue.Empty:
-            return
-        if item is not None:
-            item[1].cancel()
-
-
-WINDOW = 2  # jobs a worker holds at once: the one it runs and the next (_resend relies on 2)
+WINDOW = 2  # jobs a worker holds at once: the one it runs and the next
 AHEAD_BYTES = 16 * 1024  # a frame this small fits in a pipe's buffer (64 KiB on Linux)
 
 
 @dataclass
 class _Sent:
-    """A job handed to a worker, waiting for its outcome."""
+    """A job handed to the executor, then to a worker, waiting for its outcome."""
 
     job: Job
     future: Future[Outcome]
@@ -66,57 +58,136 @@ class _Sent:
     started: float = 0.0  # when the worker could start it (monotonic)
 
 
-class _Worker:
-    """One worker process and the two pipe ends the main process holds."""
+def can_fork() -> bool:
+    """Whether workers may be forked from this process rather than started afresh: on Linux,
+    while no other thread runs (a fork copies only the calling thread, so a lock another
+    thread holds would stay locked in the worker for ever)."""
+    return sys.platform == "linux" and threading.active_count() == 1
 
-    def __init__(self) -> None:
+
+class _Forked:
+    """What the pool uses of ``subprocess.Popen``, for a worker made by ``os.fork``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if timeout is None:
+            if self.returncode is None:
+                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+            return self.returncode
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:  # waitpid has no timeout; Popen.wait polls the same way
+            if time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class _Worker:
+    """One worker process and the two pipe ends the main process holds.
+
+    Forked (``fork=True``) before the task modules are imported, a worker starts in about a
+    millisecond with cpbuild already imported, against tens of milliseconds for a new
+    interpreter; it still gets every task by value, as a started worker does. A worker that
+    replaces one that died is started afresh: by then the task modules are imported, and the
+    libraries they import may run threads of their own that a fork would not copy.
+    """
+
+    def __init__(self, fork: bool = False) -> None:
         self.sent: set[str] = set()  # digests of the functions and contexts this worker holds
+        self.initialized = False  # the import path and folder are sent with the first job
         job_read, self.job_write = os.pipe()
         self.outcome_read, outcome_write = os.pipe()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cpbuild.worker", "serve", str(job_read), str(outcome_write)],
-            pass_fds=(job_read, outcome_write),
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self.process: Any
+        if fork:
+            sys.stdout.flush()  # or the worker would write the same buffered output again
+            sys.stderr.flush()
+            pid = os.fork()
+            if pid == 0:
+                from cpbuild.worker import serve_forked
+
+                serve_forked(job_read, outcome_write)  # never returns
+            try:
+                os.setpgid(pid, pid)  # also done by the worker: whichever runs first
+            except OSError:
+                pass
+            self.process = _Forked(pid)
+        else:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cpbuild.worker", "serve", str(job_read), str(outcome_write)],
+                pass_fds=(job_read, outcome_write),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         os.close(job_read)
         os.close(outcome_write)
-        write_frame(self.job_write, pickle.dumps(worker_init()))
 
-    def close(self, kill: bool = False) -> None:
+    def send(self, frame: bytes) -> None:
+        if not self.initialized:
+            write_frame(self.job_write, pickle.dumps(worker_init()))
+            self.initialized = True
+        write_frame(self.job_write, frame)
+
+    def close_pipes(self) -> None:
+        """Tell the worker to exit (it sees the end of its job pipe)."""
         for fd in (self.job_write, self.outcome_read):
             try:
                 os.close(fd)
             except OSError:
                 pass
+
+    def close(self, kill: bool = False, grace: float = KILL_GRACE) -> None:
+        self.close_pipes()
         if kill:
+            kill_group(self.process, grace)
+            return
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
             kill_group(self.process)
-        else:
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                kill_group(self.process)
+
+
+@dataclass
+class _Slot:
+    """One place in the pool: its worker (started on demand) and the jobs it holds, oldest
+    (the one running) first."""
+
+    worker: _Worker | None = None
+    sent: deque[_Sent] = field(default_factory=deque)
 
 
 class ProcessExecutor:
     name = "process"
+    in_process = False  # task code runs in worker processes only
 
     def __init__(self, jobs: int, root: Path) -> None:
         # Jobs waiting here beyond those the workers hold, so that a worker that hands back an
         # outcome finds its next job at once rather than after a round trip through the scheduler.
         self.queue_ahead = jobs * WINDOW
-        self.root = root
         self._packer = JobPacker(root)
-        self._queue: queue.SimpleQueue[tuple[Job, Future[Outcome], Any] | None] = queue.SimpleQueue()
-        self._workers: dict[int, _Worker] = {}
-        self._lock = threading.Lock()
+        self._waiting: deque[_Sent] = deque()  # submitted, not yet handed to a worker
+        self._slots = [_Slot() for _ in range(jobs)]
         self._closing = False
-        self._threads = [
-            threading.Thread(target=self._slot, args=(i,), name=f"cpbuild-slot-{i}", daemon=True)
-            for i in range(jobs)
-        ]
-        for thread in self._threads:
-            thread.start()
+
+    def start(self) -> None:
+        """Start the workers now, by fork, if that is safe here (see ``_Worker``); the CLI
+        calls this before it imports the task modules of a build that runs tasks."""
+        if can_fork():
+            for slot in self._slots:
+                if slot.worker is None:
+                    slot.worker = _Worker(fork=True)
 
     def submit(self, job: Job) -> Future[Outcome]:
         future: Future[Outcome] = Future()
@@ -126,152 +197,157 @@ class ProcessExecutor:
         except Exception as error:
             future.set_result(Outcome(False, error=f"{job.task_id} cannot be sent to a worker process: {type(error).__name__}: {error}"))
             return future
-        self._queue.put((job, future, packed))
+        self._waiting.append(_Sent(job, future, packed))
+        self._dispatch()
         return future
 
-    # -- one slot: a thread that feeds one worker ------------------------------------------------
+    def poll(self, timeout: float | None) -> None:
+        """Wait up to ``timeout`` seconds (None: no limit) for outcomes, resolve their futures,
+        enforce timeouts and hand waiting jobs to the workers with room for them."""
+        busy = [slot for slot in self._slots if slot.sent]
+        if not busy:
+            return
+        now = time.monotonic()
+        for slot in busy:
+            head = slot.sent[0]
+            if head.job.timeout is not None:
+                left = max(0.0, head.started + head.job.timeout - now)
+                timeout = left if timeout is None else min(timeout, left)
+        readable = {slot.worker.outcome_read: slot for slot in busy}  # type: ignore[union-attr]
+        ready, _, _ = select.select(list(readable), [], [], timeout)
+        for fd in ready:
+            self._receive(readable[fd])
+        now = time.monotonic()
+        for slot in busy:
+            head = slot.sent[0] if slot.sent else None
+            if head is not None and head.job.timeout is not None and now >= head.started + head.job.timeout:
+                self._time_out(slot)
+        self._dispatch()
 
-    def _slot(self, index: int) -> None:
-        sent: deque[_Sent] = deque()
-        held: _Sent | None = None  # a large job, sent once the worker has nothing else
-        closing = False
-        while True:
-            while not closing and held is None and len(sent) < WINDOW:
-                try:
-                    item = self._queue.get(block=not sent)
-                except queue.Empty:
-                    break
-                if item is None:
-                    closing = True
-                elif item[1].set_running_or_notify_cancel():
-                    held = _Sent(*item)
-                    if self._send(index, held, sent, ahead_ok=True):
-                        held = None
-            if not sent:
-                if held is not None:
-                    self._send(index, held, sent, ahead_ok=False)
-                    held = None
-                    continue
-                if closing:
-                    break
+    # -- handing jobs over ----------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to the slots with the fewest jobs, while a slot has room."""
+        while self._waiting and not self._closing:
+            item = self._waiting[0]
+            if item.future.cancelled():  # the build stopped after a failure
+                self._waiting.popleft()
                 continue
-            head = sent.popleft()
+            slot = min(self._slots, key=lambda s: len(s.sent))
+            if len(slot.sent) >= WINDOW:
+                return
             try:
-                outcome = self._receive(index, head, sent)
-            except Exception as error:  # never leave a future unresolved: the build would hang
-                outcome = Outcome(False, error=f"the process executor failed running {head.job.task_id}: {error!r}")
-            head.future.set_result(outcome)
-            if sent:
-                sent[0].started = time.monotonic()
-        with self._lock:
-            worker = self._workers.pop(index, None)
-        if worker is not None:
-            worker.close(kill=self._closing)
+                worker = self._worker(slot)
+            except OSError as error:
+                self._waiting.popleft()
+                self._resolve(item, Outcome(False, error=f"cannot start a worker process for {item.job.task_id}: {error}"))
+                continue
+            digest, function, context_digest, context, fields = item.packed
+            frame = pickle.dumps((
+                digest, None if digest in worker.sent else function,
+                context_digest, None if context_digest in worker.sent else context,
+                fields,
+            ))
+            if slot.sent and len(frame) >= AHEAD_BYTES:
+                return  # too large to wait in the pipe: it goes to the next idle worker
+            self._waiting.popleft()
+            if not item.future.running() and not item.future.set_running_or_notify_cancel():
+                continue
+            worker.sent.update((digest, context_digest))
+            item.started = time.monotonic()
+            try:
+                worker.send(frame)
+            except BrokenPipeError:
+                if not slot.sent:
+                    self._retire(slot, kill=True)
+                    self._resolve(item, Outcome(False, error=f"the worker for {item.job.task_id} exited before taking the job"))
+                    continue
+                # It died running an earlier job: reading its outcome says so and requeues this one.
+            slot.sent.append(item)
 
-    def _send(self, index: int, item: _Sent, sent: deque[_Sent], ahead_ok: bool) -> bool:
-        """Hand ``item`` to the slot's worker; False if it is too large to go ahead of a job
-        the worker holds (it is then sent later). A job that cannot be handed over fails."""
-        if self._closing:
-            item.future.set_result(Outcome(False, error=f"{item.job.task_id} was stopped"))
-            return True
-        try:
-            worker = self._worker(index, replace_dead=not sent)
-        except OSError as error:
-            item.future.set_result(Outcome(False, error=f"cannot start a worker process for {item.job.task_id}: {error}"))
-            return True
-        digest, function, context_digest, context, fields = item.packed
-        frame = pickle.dumps((
-            digest, None if digest in worker.sent else function,
-            context_digest, None if context_digest in worker.sent else context,
-            fields,
-        ))
-        if sent and not (ahead_ok and len(frame) < AHEAD_BYTES):
-            return False
-        worker.sent.update((digest, context_digest))
-        item.started = time.monotonic()
-        try:
-            write_frame(worker.job_write, frame)
-        except BrokenPipeError:
-            if not sent:
-                self._retire(index, kill=True)
-                item.future.set_result(Outcome(False, error=f"the worker for {item.job.task_id} exited before taking the job"))
-                return True
-            # It died running an earlier job; reading its outcome says so and sends this one again.
-        sent.append(item)
-        return True
-
-    def _receive(self, index: int, head: _Sent, sent: deque[_Sent]) -> Outcome:
-        """The outcome of the worker's current job ``head``; on a timeout or the worker's
-        death, the jobs still waiting behind it go to a fresh worker."""
-        worker = self._workers[index]
-        job = head.job
-        if job.timeout is not None:
-            remaining = max(0.0, head.started + job.timeout - time.monotonic())
-            ready, _, _ = select.select([worker.outcome_read], [], [], remaining)
-            if not ready:
-                self._retire(index, kill=True)
-                self._resend(index, sent)
-                return Outcome(
-                    False,
-                    error=f"{job.task_id} timed out after {job.timeout:g}s; its process group was killed",
-                    duration=time.monotonic() - head.started,
-                    worker=f"pid {worker.process.pid}",
-                )
-        data = read_frame(worker.outcome_read)
-        if data is not None:
-            return pickle.loads(data)
-        worker.process.wait()
-        status = describe_exit(worker.process.returncode)
-        self._retire(index, kill=True)
-        if self._closing:
-            for other in sent:
-                other.future.set_result(Outcome(False, error=f"{other.job.task_id} was stopped"))
-            sent.clear()
-            return Outcome(False, error=f"{job.task_id} was stopped", worker=f"pid {worker.process.pid}")
-        self._resend(index, sent)
-        return Outcome(
-            False,
-            error=f"the worker process running {job.task_id} died ({status})",
-            duration=time.monotonic() - head.started,
-            worker=f"pid {worker.process.pid}",
-        )
-
-    def _resend(self, index: int, sent: deque[_Sent]) -> None:
-        """Hand the job a lost worker held but never started (at most one: WINDOW is 2) to
-        the slot's next worker."""
-        if sent:
-            self._send(index, sent.popleft(), sent, ahead_ok=False)
-
-    # -- workers ----------------------------------------------------------------------------------
-
-    def _worker(self, index: int, replace_dead: bool) -> _Worker:
-        with self._lock:
-            worker = self._workers.get(index)
-            if worker is None or (replace_dead and worker.process.poll() is not None):
-                if worker is not None:
-                    worker.close()
-                worker = self._workers[index] = _Worker()
-            return worker
-
-    def _retire(self, index: int, kill: bool) -> _Worker | None:
-        with self._lock:
-            worker = self._workers.pop(index, None)
-        if worker is not None:
-            worker.close(kill=kill)
+    def _worker(self, slot: _Slot) -> _Worker:
+        """The slot's worker; a fresh one if it has none or its idle worker has died."""
+        worker = slot.worker
+        if worker is not None and not slot.sent and worker.process.poll() is not None:
+            self._retire(slot, kill=False)
+            worker = None
+        if worker is None:
+            worker = slot.worker = _Worker()
         return worker
 
+    # -- outcomes -------------------------------------------------------------------------------
+
+    def _receive(self, slot: _Slot) -> None:
+        """Read the outcome of the slot's running job, or find that its worker died."""
+        head = slot.sent.popleft()
+        worker = slot.worker
+        assert worker is not None
+        data = read_frame(worker.outcome_read)
+        if data is not None:
+            if slot.sent:
+                slot.sent[0].started = time.monotonic()
+            try:
+                outcome = pickle.loads(data)
+            except Exception as error:
+                outcome = Outcome(False, error=f"the outcome of {head.job.task_id} could not be read: {error!r}")
+            self._resolve(head, outcome)
+            return
+        worker.process.wait()
+        status = describe_exit(worker.process.returncode)
+        self._retire(slot, kill=True)
+        self._resolve(head, Outcome(
+            False,
+            error=f"the worker process running {head.job.task_id} died ({status})",
+            duration=time.monotonic() - head.started,
+            worker=f"pid {worker.process.pid}",
+        ))
+
+    def _time_out(self, slot: _Slot) -> None:
+        head = slot.sent.popleft()
+        worker = slot.worker
+        assert worker is not None
+        self._retire(slot, kill=True)
+        self._resolve(head, Outcome(
+            False,
+            error=f"{head.job.task_id} timed out after {head.job.timeout:g}s; its process group was killed",
+            duration=time.monotonic() - head.started,
+            worker=f"pid {worker.process.pid}",
+        ))
+
+    def _retire(self, slot: _Slot, kill: bool) -> None:
+        """Stop the slot's worker; the jobs waiting behind its running one go back to the
+        front of the queue, for the next worker with room."""
+        worker, slot.worker = slot.worker, None
+        if worker is not None:
+            worker.close(kill=kill)
+        self._waiting.extendleft(reversed(slot.sent))
+        slot.sent.clear()
+
+    def _resolve(self, item: _Sent, outcome: Outcome) -> None:
+        if not item.future.done():
+            item.future.set_result(outcome)
+
     def shutdown(self, cancel: bool = False) -> None:
-        self._closing = cancel
         if cancel:
-            _cancel_queued(self._queue)
-            with self._lock:
-                workers = list(self._workers.values())
-            for worker in workers:
-                kill_group(worker.process, grace=0.5)
-        for _ in self._threads:
-            self._queue.put(None)
-        for thread in self._threads:
-            thread.join(timeout=None if not cancel else 5)
+            self._closing = True
+            for slot in self._slots:
+                if slot.worker is not None:
+                    slot.worker.close(kill=True, grace=0.5)
+                    slot.worker = None
+                for item in slot.sent:
+                    self._resolve(item, Outcome(False, error=f"{item.job.task_id} was stopped"))
+                slot.sent.clear()
+            for item in self._waiting:
+                item.future.cancel() or self._resolve(item, Outcome(False, error=f"{item.job.task_id} was stopped"))
+            self._waiting.clear()
+            return
+        while self._waiting or any(slot.sent for slot in self._slots):
+            self.poll(None)
+        workers = [slot.worker for slot in self._slots if slot.worker is not None]
+        for worker in workers:
+            worker.close_pipes()  # all at once: they exit in parallel
+        for worker in workers:
+            worker.close()
 
 
 def create(config: Any, jobs: int) -> ProcessExecutor:
