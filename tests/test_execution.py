@@ -484,3 +484,22 @@ def test_a_reused_worker_captures_each_task_apart(project):
     log_c = project.run("--log", "c").stdout
     assert "from c" in log_c and "error of c" in log_c
     assert "of a" not in log_c and "uncaptured" not in log_c
+
+
+def test_a_killed_build_leaves_its_workers_without_the_project_lock(project):
+    # Workers forked from cpbuild must not keep what they inherited: the lock, other pipes.
+    gate = project.write_gated()
+    process = subprocess.Popen(project.command("-j2", "--executor", "process"), cwd=project.path,
+                               env=project.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not (project.path / "partial.txt").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert (project.path / "partial.txt").exists(), "the build never reached the waiting task"
+    process.kill()  # SIGKILL: cpbuild cannot stop its workers itself
+    process.wait()
+    result = project.run("--no-wait", "--list")  # the worker may still run for a moment
+    assert result.exit_code == 0, result
+    gate.write_text("open")
+    result = project.run("-j2", "--executor", "process")
+    assert result.exit_code == 0, result
+    assert project.read("partial.txt") == "complete"
