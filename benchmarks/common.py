@@ -210,6 +210,9 @@ class Repetitions:
     one slow tool cannot hold the whole run hostage, and the cell still reports the runs that
     finished (its note says how many). A build that fails, or whose products are wrong, ends
     the cell as failed: no time is reported for a tool that did not do the work.
+
+    The budget counts the cell's own builds (cleaning included), not the wall time since the
+    cell began: cells may take turns (``interleave``) without spending each other's budget.
     """
 
     def __init__(
@@ -222,18 +225,17 @@ class Repetitions:
         self.seconds = seconds
         self.repeats = repeats
         self.rep = 0
-        self.started = time.monotonic()
+        self.spent = 0.0  # seconds of this cell's builds so far
+        self.last = 0.0  # the previous repetition's, which predicts the next one's
 
     def __iter__(self) -> Iterator[int]:
-        last = 0.0  # the previous repetition's duration predicts the next one's
         for rep in range(self.repeats):
-            rep_started = time.monotonic()
-            if rep > 0 and (rep_started - self.started) + last > self.seconds:
+            if rep > 0 and self.spent + self.last > self.seconds:
                 self.cell.note = self._cut_note(rep)
                 return
             self.rep = rep
+            self.last = 0.0
             yield rep
-            last = time.monotonic() - rep_started
 
     def full_build(
         self, check: Callable[[], str | None], products: Iterable[str] = (), what: str = ""
@@ -243,9 +245,10 @@ class Repetitions:
         The first repetition's products are checked (``check`` says what is wrong, or None), so
         that a tool which silently skipped the work cannot look fast.
         """
-        timeout = self._left()
+        started = time.monotonic()
         self.tool.clean(self.folder, products)
-        run = run_timed(self.tool.command, self.folder, self.log, timeout)
+        run = run_timed(self.tool.command, self.folder, self.log, self._left(started))
+        self._spend(started)
         if self._stopped(run, f"full build > {self.seconds:.0f} s (budget)", what):
             return None
         if self.rep == 0:
@@ -257,11 +260,18 @@ class Repetitions:
 
     def rebuild(self, timeout_note: str, what: str) -> Run | None:
         """One timed build on top of the last (a no-op); None when the repetitions stop."""
-        run = run_timed(self.tool.command, self.folder, self.log, self._left())
+        started = time.monotonic()
+        run = run_timed(self.tool.command, self.folder, self.log, self._left(started))
+        self._spend(started)
         return None if self._stopped(run, timeout_note, what) else run
 
-    def _left(self) -> float:
-        return self.seconds - (time.monotonic() - self.started)
+    def _left(self, now: float) -> float:
+        return self.seconds - self.spent - (time.monotonic() - now)
+
+    def _spend(self, started: float) -> None:
+        seconds = time.monotonic() - started
+        self.spent += seconds
+        self.last += seconds
 
     def _cut_note(self, rep: int) -> str:
         return f"{rep} of {self.repeats} runs (budget {self.seconds:.0f} s)"
@@ -289,6 +299,19 @@ class Repetitions:
             self._fail(f"{what} {code}" if what else code)
             return True
         return False
+
+
+def interleave(steps: Iterable[Iterator[object]]) -> None:
+    """Run several generators a step at a time, in turns, until all are exhausted.
+
+    Each cell's generator yields after each repetition: the tools take turns, so that a drift
+    of the machine during the run (another tenant's load, the file system's journal) affects
+    every tool alike instead of whichever happened to run then."""
+    active = list(steps)
+    while active:
+        for step in list(active):
+            if next(step, StopIteration) is StopIteration:
+                active.remove(step)
 
 
 def median(values: Sequence[float]) -> float | None:

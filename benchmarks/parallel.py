@@ -26,7 +26,7 @@ import datetime
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -408,13 +408,15 @@ class Cell:
         return data
 
 
-def measure(tool: Tool, wl: Workload, folder: Path, repeats: int, budget: float) -> Cell:
-    """Clean and full build, `repeats` times, within `budget` seconds for the whole cell
-    (see common.Repetitions: the cell reports the runs that finished in time)."""
-    cell = Cell(tool.name, wl.name, tool.command, repeats_asked=repeats)
+def measure_steps(
+    cell: Cell, tool: Tool, wl: Workload, folder: Path, repeats: int, budget: float
+) -> Iterator[None]:
+    """Clean and full build, `repeats` times, within `budget` seconds of the cell's own builds
+    (see common.Repetitions: the cell reports the runs that finished in time), filling
+    ``cell``; yields after each repetition, for ``common.interleave``."""
     if tool.unavailable:
         cell.status, cell.note = "not available", tool.unavailable
-        return cell
+        return
     wl.write(tool.kind, folder)
     reps = common.Repetitions(cell, tool, folder, budget, repeats)
     for rep in reps:
@@ -426,9 +428,9 @@ def measure(tool: Tool, wl: Workload, folder: Path, repeats: int, budget: float)
         common.progress(
             f"  {tool.name:10} {wl.name:6} run {rep + 1}/{repeats}: {common.fmt_seconds(run.seconds)}"
         )
+        yield
     if cell.status == "failed":
         common.progress(f"  {tool.name} {wl.name} FAILED: {cell.error}")
-    return cell
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,12 +676,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 repeats = args.cpu_repeat
             else:
                 rows, repeats = names, args.repeat
-            for row in rows:
-                tool = tools[row]
+            steps = []
+            for row in rows:  # the tools take turns, a repetition each (common.interleave)
+                cell = cells[row, wname] = Cell(row, wname, tools[row].command, repeats_asked=repeats)
                 folder = base / wname / row.replace(" ", "")
-                cells[row, wname] = measure(tool, wl, folder, repeats, args.budget)
-                if not args.keep:
-                    shutil.rmtree(folder, ignore_errors=True)
+                steps.append(measure_steps(cell, tools[row], wl, folder, repeats, args.budget))
+            common.interleave(steps)
+            if not args.keep:
+                shutil.rmtree(base / wname, ignore_errors=True)
 
     verdicts = judge(
         cells, [n for n in names if n != "cpbuild"], [w for w in workloads if w != "cpu"], args.jobs

@@ -24,9 +24,12 @@ class Job:
     """What an executor needs to run one task.
 
     Upstream values travel as digests (``values``) and are loaded from ``storage`` where the
-    task runs, and the result is written there too, so a large value never passes through the
-    main process. An executor whose workers cannot reach the storage sets ``storage`` to None
-    after resolving ``values`` into ``kwargs``; the value bytes then come back in the Outcome.
+    task runs, and a large result is written there too, so a large value never passes through
+    the main process. Small values (up to ``SMALL_VALUE``) do: a result comes back in the
+    Outcome and the main process stores it with others in one write, and an upstream value the
+    main process has not stored yet travels with the job (``inline``, by digest). An executor
+    whose workers cannot reach the storage sets ``storage`` to None after resolving ``values``
+    into ``kwargs``; every value then comes back in the Outcome.
     """
 
     task_id: str
@@ -39,6 +42,7 @@ class Job:
     capture: bool = True
     timeout: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # queue, job_prefix, ...
+    inline: dict[str, bytes] = field(default_factory=dict)  # upstream values not stored yet
 
     def resolve_values(self) -> None:
         """Load upstream values into ``kwargs`` here, for workers without the storage."""
@@ -62,6 +66,12 @@ class Outcome:
     worker: str = ""
 
 
+#: Values up to this size come back to the main process, which writes them to the storage in
+#: batches: a write per value cost a worker more than a small task (a transaction each, and two
+#: workers waiting for each other's). Larger values are written where the task ran.
+SMALL_VALUE = 64 * 1024
+
+
 class MissingValue(LookupError):
     pass
 
@@ -72,12 +82,14 @@ def _load_values(job: Job) -> dict[str, Any]:
     if not job.values:
         return {}
     storage = job.storage
-    if storage is None:
-        found: dict[str, bytes | None] = {}
+    found: dict[str, bytes | None] = dict(job.inline)
+    wanted = set(job.values.values()) - found.keys()
+    if storage is None or not wanted:
+        pass
     elif hasattr(storage, "get_many"):
-        found = storage.get_many(set(job.values.values()))
+        found.update(storage.get_many(wanted))
     else:
-        found = {digest: storage.get(digest) for digest in set(job.values.values())}
+        found.update((digest, storage.get(digest)) for digest in wanted)
     values = {}
     for name, digest in job.values.items():
         data = found.get(digest)
@@ -283,7 +295,7 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
         )
         return result
     digest = job.hasher.bytes_digest(data)
-    if job.storage is None:
+    if job.storage is None or len(data) <= SMALL_VALUE:
         result.value = data
     else:
         try:

@@ -44,6 +44,8 @@ RECORD_EVERY = 0.1
 #: How often the queue of finished futures is looked at while an executor that is polled (the
 #: process executor) and one with threads of its own (prefix, thread) both have tasks running.
 POLL_STEP = 0.005
+#: Products of one folder stat'ed one by one before the folder is listed (see _stat_before).
+STAT_BEFORE_LISTING = 16
 
 
 @dataclass
@@ -117,10 +119,12 @@ class Scheduler:
         self._logs: dict[str, list[str]] = {}
         self._stopping = False
         self._submitting: tuple[Task, dict[str, Any]] | None = None
-        self._made_dirs: set[str] = set()
+        #: product folders: [products looked at, their names when listed] (see _stat_before)
+        self._folders: dict[str, list[Any]] = {}
         self._ahead = 0  # extra tasks an executor asked to hold (see _executor)
         self._task_finish = session.hook.cpbuild_task_finish
         self._finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
+        self._unstored: dict[str, bytes] = {}  # small values that came back, by digest
         self._unrecorded: list[tuple[Record, dict[str, Any], list[Any]]] = []
         self._unrecorded_since = 0.0
         self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
@@ -323,30 +327,26 @@ class Scheduler:
 
     def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[str, Any], Any]:
         gc.enable()  # the CLI turns the collector off for collection; user code needs it
-        before = {}
-        for product in task.product_files:
-            folder = os.path.dirname(product)
-            if folder not in self._made_dirs:
-                os.makedirs(folder, exist_ok=True)
-                self._made_dirs.add(folder)
-            before[product] = _stat(product)
+        before = {product: self._stat_before(product) for product in task.product_files}
         executor = self._executor(task)
         session = self.session
         if getattr(executor, "in_process", True):
             session.tasks_ran = True  # task code runs in this process: exit normally
         from cpbuild.runner import Job  # only when a task runs
 
+        values: dict[str, str] = {name: self.value_digests[up] for name, up in self.graph.value_deps[task.id].items()}  # type: ignore[misc]
         job = Job(
             task.id,
             task.function,
             self._arguments(task),
-            {name: self.value_digests[up] for name, up in self.graph.value_deps[task.id].items()},  # type: ignore[misc]
+            values,
             session.serializer,
             session.hasher,
             self.storage,
             capture=self._capture(task),
             timeout=task.options.timeout,
             options={"queue": task.options.queue, "job_prefix": self._job_prefix(task), "attempt": attempt},
+            inline={d: self._unstored[d] for d in values.values() if d in self._unstored} if self._unstored else {},
         )
         if attempt == 1:
             session.hook.cpbuild_task_start(session=session, task=task)
@@ -356,6 +356,23 @@ class Scheduler:
         self._submitting = None
         future.add_done_callback(self._finished.put)
         return future, decision, before, executor
+
+    def _stat_before(self, product: str) -> tuple[int, int, int] | None:
+        """The stat of a product before its task runs (None: it does not exist), creating its
+        folder. After a few products of one folder the folder is listed once, and products
+        not in that listing are known not to exist without a stat: looking up a missing name
+        waits for the folder's lock, which the workers creating other products there hold."""
+        folder, name = os.path.split(product)
+        seen = self._folders.get(folder)
+        if seen is None:
+            os.makedirs(folder, exist_ok=True)
+            seen = self._folders[folder] = [0, None]
+        if seen[1] is None:
+            seen[0] += 1
+            if seen[0] <= STAT_BEFORE_LISTING:
+                return _stat(product)
+            seen[1] = set(os.listdir(folder))
+        return _stat(product) if name in seen[1] else None
 
     def _capture(self, task: Task) -> bool:
         return self.options.capture and task.options.capture
@@ -429,7 +446,7 @@ class Scheduler:
         files = self.rebuilder.files
         assert outcome.value_digest is not None and decision.key is not None and decision.parts is not None
         if outcome.value is not None:
-            self.storage.put(outcome.value_digest, outcome.value)
+            self._unstored[outcome.value_digest] = outcome.value  # stored with the records
         record = Record(decision.key, task.id, outcome.value_digest, products, outcome.duration)
         if task.options.cache:
             if not self._unrecorded:
@@ -440,8 +457,18 @@ class Scheduler:
         return None
 
     def _flush_records(self) -> None:
-        """Record the finished tasks not recorded yet, in one transaction (see RECORD_EVERY);
-        they stay pending if it is interrupted, for the ``finally`` of ``run`` to retry."""
+        """Store the small values that came back and record the finished tasks not recorded
+        yet, each in one transaction (see RECORD_EVERY), values first: a record never names a
+        value that is not stored. What an interruption leaves pending the ``finally`` of
+        ``run`` writes."""
+        if self._unstored:
+            put_many = getattr(self.storage, "put_many", None)
+            if put_many is not None:
+                put_many(self._unstored)
+            else:
+                for digest, data in self._unstored.items():
+                    self.storage.put(digest, data)
+            self._unstored = {}
         if self._unrecorded:
             self.state.record(self._unrecorded, time.time())
             self._unrecorded = []

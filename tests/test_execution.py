@@ -503,3 +503,42 @@ def test_a_killed_build_leaves_its_workers_without_the_project_lock(project):
     result = project.run("-j2", "--executor", "process")
     assert result.exit_code == 0, result
     assert project.read("partial.txt") == "complete"
+
+
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_values_finished_before_an_interrupt_are_kept_for_the_next_build(project, executor):
+    # Small values are stored by the main process in batches: an interrupt must not lose them.
+    gate = project.path / "gate"
+    project.write(
+        "task_values.py",
+        f"""
+        import time
+        from pathlib import Path
+        from typing import Annotated
+        from cpbuild import Product
+        from ranlog import ran
+
+        def task_a() -> int:
+            ran("a")
+            return 42
+
+        def task_b(a: int) -> dict:
+            ran("b")
+            return {{"from a": a}}
+
+        def task_waits(b: dict, out: Annotated[Path, Product] = Path("partial.txt")) -> None:
+            ran("waits")
+            out.write_text("half written")
+            while not Path({str(gate)!r}).exists():
+                time.sleep(0.02)
+            out.write_text(str(b["from a"]))
+        """,
+    )
+    result = project.interrupt("--executor", executor, "-j2")
+    assert result.exit_code == 2, result
+    assert result.ran == {"a", "b", "waits"}
+    gate.write_text("open")
+    result = project.run("--executor", executor, "-j2")
+    assert result.exit_code == 0, result
+    assert result.ran == {"waits"}
+    assert project.read("partial.txt") == "42"

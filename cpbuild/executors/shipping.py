@@ -39,7 +39,7 @@ class JobPacker:
       bytes are made once, named by their digest, and a worker unpickles each digest once.
     * The context: the serializer, hasher and storage, the same for every job of a build;
       pickled once, unpickled once per worker.
-    * The fields: task id, arguments, upstream digests, options. Plain data (numbers, strings,
+    * The fields: task id, arguments, upstream digests and small values, options. Plain data (numbers, strings,
       paths and containers of them, the usual case) goes through the C pickler; anything else
       through cloudpickle, which pickles project classes and lambdas by value but costs ten
       times as much per job.
@@ -87,7 +87,7 @@ class JobPacker:
 
     def fields(self, job: Any) -> bytes:
         """The rest of the job: see ``unpack_job``."""
-        fields = (job.task_id, job.kwargs, job.values, job.capture, job.timeout, job.options)
+        fields = (job.task_id, job.kwargs, job.values, job.capture, job.timeout, job.options, job.inline)
         if _is_plain(job.kwargs, [10_000]) and _is_plain(job.options, [1_000]):
             return pickle.dumps(fields, protocol=5)
         return self._cloudpickle().dumps(fields, protocol=5)
@@ -97,8 +97,9 @@ def unpack_job(function: Any, context: tuple[Any, Any, Any], fields: bytes) -> A
     """The job a worker runs, from the parts ``JobPacker`` made."""
     from cpbuild.runner import Job
 
-    task_id, kwargs, values, capture, timeout, options = pickle.loads(fields)
-    return Job(task_id, function, kwargs, values, *context, capture=capture, timeout=timeout, options=options)
+    task_id, kwargs, values, capture, timeout, options, inline = pickle.loads(fields)
+    return Job(task_id, function, kwargs, values, *context, capture=capture, timeout=timeout,
+               options=options, inline=inline)
 
 
 _PLAIN_LEAVES = frozenset({type(None), bool, int, float, complex, str, bytes, PosixPath, PurePosixPath})

@@ -165,6 +165,25 @@ class LocalStorage:
             raise
         self._present.add(digest)
 
+    def put_many(self, objects: dict[str, bytes]) -> None:
+        """``put`` for many objects, those for the pack in one transaction."""
+        small = [(d, data) for d, data in objects.items() if len(data) <= PACK_LIMIT and d not in self._present]
+        if small:
+            db = self._pack()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT OR REPLACE INTO objects VALUES (?, ?)", small)
+                db.execute("COMMIT")
+            finally:
+                if db.in_transaction:  # an error, or Ctrl-C before COMMIT: nothing half-done
+                    db.execute("ROLLBACK")
+            self._present.update(d for d, _ in small)
+            if self._packed is not None:
+                self._packed.update(d for d, _ in small)
+        for digest, data in objects.items():
+            if len(data) > PACK_LIMIT:
+                self.put(digest, data)
+
     def delete(self, digest: str) -> None:
         self._present.discard(digest)
         if self._packed is not None:
