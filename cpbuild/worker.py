@@ -58,6 +58,19 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 def _setup(init: dict[str, Any]) -> None:
     sys.path[:] = init["sys_path"]
     os.chdir(init["cwd"])
+    _batch_scheduling()
+
+
+def _batch_scheduling() -> None:
+    """Ask Linux to treat this worker as the batch job it is (SCHED_BATCH): same share of the
+    processor, but waking up (a job arrives) does not preempt the running process. Otherwise
+    every job the main process sends hands the worker the main process's own core at once,
+    and with as many workers as cores the main process, which feeds them all, waits for each."""
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_BATCH"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+        except OSError:
+            pass
 
 
 def _exit_with_parent() -> None:

@@ -542,3 +542,22 @@ def test_values_finished_before_an_interrupt_are_kept_for_the_next_build(project
     assert result.exit_code == 0, result
     assert result.ran == {"waits"}
     assert project.read("partial.txt") == "42"
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="Linux scheduling policy")
+def test_worker_processes_run_tasks_as_batch_jobs(project):
+    project.write(
+        "task_policy.py",
+        """
+        import os
+
+        def task_policy() -> int:
+            return os.sched_getscheduler(0)
+
+        def task_show(policy: int) -> None:
+            print("policy", policy)
+        """,
+    )
+    result = project.run("-j2", "--executor", "process", "-s")
+    assert result.exit_code == 0, result
+    assert f"policy {os.SCHED_BATCH}" in result.stdout
