@@ -24,11 +24,26 @@ class Analysis(NamedTuple):
     references: tuple[tuple[str, ...], ...]
 
 
-class StripDocstrings(ast.NodeTransformer):
-    """Drop docstrings: they document, they do not compute."""
+def _nested_statements(node: ast.AST) -> list[Any]:
+    """The statements directly inside ``node`` (and its except handlers and match cases).
 
-    def _strip(self, node: Any) -> Any:
-        self.generic_visit(node)
+    Function and class definitions are statements, so walking statements finds them all
+    without visiting a single expression: a signature of a thousand annotated parameters costs
+    nothing to step over."""
+    found = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.stmt):
+            found.append(child)
+        elif isinstance(child, ast.excepthandler | ast.match_case):
+            found.extend(c for c in ast.iter_child_nodes(child) if isinstance(c, ast.stmt))
+    return found
+
+
+def _strip_docstrings(node: Any) -> None:
+    """Drop docstrings: they document, they do not compute."""
+    for child in _nested_statements(node):
+        _strip_docstrings(child)
+    if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
         body = node.body
         if (
             body
@@ -37,9 +52,6 @@ class StripDocstrings(ast.NodeTransformer):
             and isinstance(body[0].value.value, str)
         ):
             node.body = body[1:] or [ast.Pass()]
-        return node
-
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_ClassDef = visit_Module = _strip
 
 
 class SourceFile:
@@ -50,15 +62,16 @@ class SourceFile:
         with open(path, "rb") as stream:
             self.text = stream.read()
         self.path = path
-        self.tree = StripDocstrings().visit(ast.parse(self.text, filename=path))
+        self.tree = ast.parse(self.text, filename=path)
+        _strip_docstrings(self.tree)
         self.functions: dict[tuple[int, str], ast.AST] = {}
-        self.lambdas: dict[int, list[ast.Lambda]] = {}
         self.classes: dict[str, ast.ClassDef] = {}
+        self._lambdas: dict[int, list[ast.Lambda]] | None = None
         self._scopes: dict[tuple[int, str], symtable.SymbolTable] | None = None
         self._index(self.tree, "")
 
     def _index(self, node: ast.AST, prefix: str) -> None:
-        for child in ast.iter_child_nodes(node):
+        for child in _nested_statements(node):
             if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef):
                 first = min([d.lineno for d in child.decorator_list] + [child.lineno])
                 self.functions[(first, child.name)] = child
@@ -68,9 +81,20 @@ class SourceFile:
                 self.classes.setdefault(f"{prefix}{child.name}", child)
                 self._index(child, f"{prefix}{child.name}.")
             else:
-                if isinstance(child, ast.Lambda):
-                    self.lambdas.setdefault(child.lineno, []).append(child)
                 self._index(child, prefix)
+
+    @property
+    def lambdas(self) -> dict[int, list[ast.Lambda]]:
+        """Lambdas by line: found in a walk of every node, done once a lambda is analysed."""
+        if self._lambdas is None:
+            self._lambdas = {}
+            stack: list[ast.AST] = [self.tree]
+            while stack:  # depth first, in source order: the order is part of the digest
+                node = stack.pop()
+                if isinstance(node, ast.Lambda):
+                    self._lambdas.setdefault(node.lineno, []).append(node)
+                stack.extend(reversed(list(ast.iter_child_nodes(node))))
+        return self._lambdas
 
     def scope(self, lineno: int, name: str) -> symtable.SymbolTable | None:
         """The compiler's symbol table of the function or class defined at ``lineno``."""
