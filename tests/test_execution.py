@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from cpbuild.testing import TIMING as TIMING_HELPER
+
 
 @pytest.mark.parametrize("executor", ["thread", "process"])
 def test_two_independent_tasks_run_in_parallel(project, executor):
@@ -413,7 +415,8 @@ def test_sigterm_stops_workers_and_leaves_no_partial_product(project):
 
 
 def test_jobs_waiting_behind_a_crash_or_a_timeout_run_on_a_fresh_worker(project):
-    # One worker holds the job it runs and the next: the next must not be lost with it.
+    # A worker holds the job it runs and, behind a quick function's task, the next one: the
+    # next must not be lost when the one it waits behind crashes or times out.
     project.write(
         "task_mix.py",
         """
@@ -422,32 +425,24 @@ def test_jobs_waiting_behind_a_crash_or_a_timeout_run_on_a_fresh_worker(project)
         from cpbuild import task
         from ranlog import ran
 
-        def task_crash() -> None:
-            os._exit(3)
+        for i in range(10):
 
-        def task_q0() -> int:
-            ran("q0")
-            return 0
-
-        @task(timeout=0.5)
-        def task_slow() -> None:
-            time.sleep(30)
-
-        def task_q1() -> int:
-            ran("q1")
-            return 1
-
-        def task_q2(q0: int, q1: int) -> int:
-            ran("q2")
-            return q0 + q1 + 1
+            @task(name=f"t{i}", kwargs={"i": i}, timeout=0.5 if i == 6 else None)
+            def step(i: int) -> int:
+                if i == 3:
+                    os._exit(3)
+                if i == 6:
+                    time.sleep(30)
+                ran(f"t{i}")
+                return i
         """,
     )
     result = project.run("-j1", "--executor", "process", "--keep-going", timeout=60)
     assert result.exit_code == 1, result
-    assert "worker process running task_mix.py::crash died (exit status 3)" in result.stdout
-    assert "task_mix.py::slow timed out after 0.5s" in result.stdout
-    assert result.ran == {"q0", "q1", "q2"}
-    assert "3 ran" in result.output and "2 failed" in result.output
+    assert "worker process running task_mix.py::t3 died (exit status 3)" in result.stdout
+    assert "task_mix.py::t6 timed out after 0.5s" in result.stdout
+    assert result.ran == {f"t{i}" for i in range(10)} - {"t3", "t6"}
+    assert "8 ran" in result.output and "2 failed" in result.output
 
 
 def test_a_reused_worker_captures_each_task_apart(project):
@@ -561,3 +556,28 @@ def test_worker_processes_run_tasks_as_batch_jobs(project):
     result = project.run("-j2", "--executor", "process", "-s")
     assert result.exit_code == 0, result
     assert f"policy {os.SCHED_BATCH}" in result.stdout
+
+
+def test_no_job_waits_behind_a_long_task_while_another_worker_is_free(project):
+    project.write("timing.py", TIMING_HELPER)
+    project.write(
+        "task_mixed.py",
+        """
+        from cpbuild import task
+        from timing import timed
+
+        def task_long() -> None:
+            timed("long", 1.5)
+
+        for i in range(6):
+
+            @task(name=f"quick{i}", kwargs={"i": i})
+            def quick(i: int) -> None:
+                timed(f"quick{i}", 0.001)
+        """,
+    )
+    result = project.run("-j2", "--executor", "process")
+    assert result.exit_code == 0, result
+    spans = project.intervals()
+    late = [name for name, (_, end) in spans.items() if name != "long" and end > spans["long"][1]]
+    assert not late, f"{late} waited behind the long task"

@@ -17,9 +17,11 @@ more than the tasks of a build of small tasks, in thread switches and in content
 interpreter lock with the scheduler.
 
 A worker holds up to two jobs (``WINDOW``): the one it runs and the next, so that it never
-waits for the main process between two short tasks. The second job is sent only when its frame
-is small enough to sit in the pipe without blocking (``AHEAD_BYTES``): the main process must
-never block writing a job while the worker blocks writing an outcome. A job's timeout counts
+waits for the main process between two short tasks. The second job is sent only behind a task
+whose function was seen to finish quickly (``SHORT_TASK``): behind a long task it could wait
+while another worker is idle, which matters more than a round trip. It is also sent only when
+its frame is small enough to sit in the pipe without blocking (``AHEAD_BYTES``): the main
+process must never block writing a job while the worker blocks writing an outcome. A job's timeout counts
 from when the worker starts it (the previous outcome's arrival); when a worker dies or is
 killed, the job it ran fails and the job waiting behind it goes back to the queue.
 """
@@ -46,6 +48,7 @@ from cpbuild.worker import read_frame, write_frame
 
 WINDOW = 2  # jobs a worker holds at once: the one it runs and the next
 AHEAD_BYTES = 16 * 1024  # a frame this small fits in a pipe's buffer (64 KiB on Linux)
+SHORT_TASK = 0.01  # seconds: a job may wait behind a task of a function this quick
 
 
 @dataclass
@@ -180,6 +183,7 @@ class ProcessExecutor:
         self._waiting: deque[_Sent] = deque()  # submitted, not yet handed to a worker
         self._slots = [_Slot() for _ in range(jobs)]
         self._closing = False
+        self._short: dict[str, bool] = {}  # function digest -> its last task was short
 
     def start(self) -> None:
         """Start the workers now, by fork, if that is safe here (see ``_Worker``); the CLI
@@ -233,8 +237,8 @@ class ProcessExecutor:
             if item.future.cancelled():  # the build stopped after a failure
                 self._waiting.popleft()
                 continue
-            slot = min(self._slots, key=lambda s: len(s.sent))
-            if len(slot.sent) >= WINDOW:
+            slot = self._slot_with_room()
+            if slot is None:
                 return
             try:
                 worker = self._worker(slot)
@@ -265,6 +269,18 @@ class ProcessExecutor:
                 # It died running an earlier job: reading its outcome says so and requeues this one.
             slot.sent.append(item)
 
+    def _slot_with_room(self) -> _Slot | None:
+        """An idle slot, else one whose running job is of a function seen to finish quickly
+        (under ``SHORT_TASK``): a job waits behind that one only. Behind a long job it could be
+        stuck while another worker is idle, so it stays in the queue instead."""
+        idle = next((slot for slot in self._slots if not slot.sent), None)
+        if idle is not None:
+            return idle
+        return next(
+            (slot for slot in self._slots if len(slot.sent) < WINDOW and self._short.get(slot.sent[-1].packed[0])),
+            None,
+        )
+
     def _worker(self, slot: _Slot) -> _Worker:
         """The slot's worker; a fresh one if it has none or its idle worker has died."""
         worker = slot.worker
@@ -290,6 +306,7 @@ class ProcessExecutor:
                 outcome = pickle.loads(data)
             except Exception as error:
                 outcome = Outcome(False, error=f"the outcome of {head.job.task_id} could not be read: {error!r}")
+            self._short[head.packed[0]] = outcome.duration < SHORT_TASK
             self._resolve(head, outcome)
             return
         worker.process.wait()
