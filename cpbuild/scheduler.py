@@ -235,24 +235,23 @@ class Scheduler:
         fraction of what ``concurrent.futures.wait`` costs per call, which installs and removes
         a waiter on every running future, and a build of small tasks calls it once per task.
         Executors without threads of their own (``poll``, the process executor) are waited in."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         pollers = [e for e in self._executors.values() if hasattr(e, "poll")]
-        while pollers and self._finished.empty():
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if len(pollers) == len(self._executors) == 1:
-                pollers[0].poll(left)  # the only executor: wait in it
-            else:  # others resolve futures from threads of their own: look at the queue often
-                for executor in pollers:
-                    executor.poll(0)
-                if self._finished.empty():
-                    try:
-                        self._finished.put(self._finished.get(timeout=POLL_STEP if left is None else min(left, POLL_STEP)))
-                    except queue.Empty:
-                        pass
-            if left == 0.0:
-                break
+        if pollers:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            alone = len(pollers) == len(self._executors) == 1
+            while self._finished.empty():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if alone:
+                    pollers[0].poll(left)  # the only executor: wait in it
+                else:  # others resolve futures from threads of their own: look at the queue often
+                    step = POLL_STEP if left is None else min(left, POLL_STEP)
+                    for executor in pollers:
+                        executor.poll(step / len(pollers))
+                if left == 0.0:
+                    break
+            timeout = 0  # what finished is in the queue now
         try:
-            done = [self._finished.get(timeout=timeout if not pollers else 0)]
+            done = [self._finished.get(timeout=timeout)]
         except queue.Empty:
             return []
         while True:

@@ -581,3 +581,40 @@ def test_no_job_waits_behind_a_long_task_while_another_worker_is_free(project):
     spans = project.intervals()
     late = [name for name, (_, end) in spans.items() if name != "long" and end > spans["long"][1]]
     assert not late, f"{late} waited behind the long task"
+
+
+def test_tasks_on_the_process_and_thread_executors_in_one_build(project):
+    # The process executor is waited in (poll) while the thread executor resolves its tasks
+    # from threads of its own: the scheduler must notice both.
+    project.write(
+        "task_both.py",
+        """
+        import time
+        from cpbuild import task
+        from ranlog import ran
+
+        @task(executor="thread")
+        def task_slow_thread() -> int:
+            time.sleep(0.3)
+            ran("slow_thread")
+            return 1
+
+        def task_quick_process() -> int:
+            ran("quick_process")
+            return 2
+
+        @task(executor="thread")
+        def task_after_process(quick_process: int) -> int:
+            ran("after_process")
+            return quick_process + 1
+
+        def task_after_thread(slow_thread: int, after_process: int) -> int:
+            ran("after_thread")
+            return slow_thread + after_process
+        """,
+    )
+    started = time.monotonic()
+    result = project.run("-j2", "--executor", "process", timeout=60)
+    assert result.exit_code == 0, result
+    assert result.ran == {"slow_thread", "quick_process", "after_process", "after_thread"}
+    assert time.monotonic() - started < 30

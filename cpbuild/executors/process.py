@@ -231,7 +231,7 @@ class ProcessExecutor:
     # -- handing jobs over ----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand waiting jobs to the slots with the fewest jobs, while a slot has room."""
+        """Hand waiting jobs to workers while one has room (see ``_slot_with_room``)."""
         while self._waiting and not self._closing:
             item = self._waiting[0]
             if item.future.cancelled():  # the build stopped after a failure
