@@ -17,6 +17,8 @@ Backend objects are duck-typed; the protocols they follow are documented here:
     put(digest, data: bytes) -> None # atomic: a crash never leaves a partial object
     delete(digest) -> None
     iter_digests() -> Iterator[str]
+    get_many(digests: set[str]) -> dict[str, bytes | None]  # optional: many reads at once
+    put_many(objects: dict[str, bytes]) -> None              # optional: many writes at once
 
 ``Hasher``::
 
@@ -36,6 +38,8 @@ Backend objects are duck-typed; the protocols they follow are documented here:
     shutdown(cancel: bool) -> None
     queue_ahead: int = 0      # optional: jobs it wants beyond -j, to keep its workers busy
     in_process: bool = True   # optional: False if task code never runs in cpbuild's process
+    poll(timeout: float | None) -> None  # optional: resolve finished jobs' futures, waiting
+                                         # up to timeout; the scheduler then waits in it
 """
 
 from __future__ import annotations
