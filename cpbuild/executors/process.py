@@ -311,24 +311,19 @@ class ProcessExecutor:
             return
         worker.process.wait()
         status = describe_exit(worker.process.returncode)
-        self._retire(slot, kill=True)
-        self._resolve(head, Outcome(
-            False,
-            error=f"the worker process running {head.job.task_id} died ({status})",
-            duration=time.monotonic() - head.started,
-            worker=f"pid {worker.process.pid}",
-        ))
+        self._lose(slot, head, f"the worker process running {head.job.task_id} died ({status})")
 
     def _time_out(self, slot: _Slot) -> None:
         head = slot.sent.popleft()
+        self._lose(slot, head, f"{head.job.task_id} timed out after {head.job.timeout:g}s; its process group was killed")
+
+    def _lose(self, slot: _Slot, head: _Sent, error: str) -> None:
+        """The slot's worker is gone, or must go, with ``head``, the job it ran: that job fails."""
         worker = slot.worker
         assert worker is not None
         self._retire(slot, kill=True)
         self._resolve(head, Outcome(
-            False,
-            error=f"{head.job.task_id} timed out after {head.job.timeout:g}s; its process group was killed",
-            duration=time.monotonic() - head.started,
-            worker=f"pid {worker.process.pid}",
+            False, error=error, duration=time.monotonic() - head.started, worker=f"pid {worker.process.pid}"
         ))
 
     def _retire(self, slot: _Slot, kill: bool) -> None:
