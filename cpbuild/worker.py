@@ -94,11 +94,11 @@ def serve(read_fd: int, write_fd: int) -> int:
     from cpbuild.executors.shipping import unpack_job
     from cpbuild.runner import run_job
 
+    _exit_with_parent()
     init = read_frame(read_fd)
     if init is None:
         return 0
     _setup(pickle.loads(init))
-    _exit_with_parent()
     import atexit
 
     exit_handlers = atexit._ncallbacks()

@@ -359,7 +359,8 @@ class ProcessExecutor:
         for worker in workers:
             worker.close_pipes()  # all at once: they exit in parallel
         for worker in workers:
-            worker.close()
+            # One that never got a job ran no task code: nothing to wait for.
+            worker.close(kill=not worker.initialized, grace=0.0)
 
 
 def create(config: Any, jobs: int) -> ProcessExecutor:
