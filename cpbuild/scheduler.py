@@ -126,7 +126,7 @@ class Scheduler:
         self._finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         self._unstored: dict[str, bytes] = {}  # small values that came back, by digest
         self._unrecorded: list[tuple[Record, dict[str, Any], list[Any]]] = []
-        self._unrecorded_since = 0.0
+        self._pending_since = 0.0  # when the oldest value or record still to write came in
         self._blocking: set[str] = set()  # failed or skipped: their downstream is skipped
         self._would_run: set[str] = set()  # dry run: their downstream would run too
         limits = dict(session.config.queues)
@@ -174,10 +174,11 @@ class Scheduler:
                             self.queue_running[queue] = self.queue_running.get(queue, 0) + 1
                 if running:
                     timeout = None
-                    if self._unrecorded:
-                        timeout = max(0.0, self._unrecorded_since + RECORD_EVERY - time.monotonic())
+                    unwritten = bool(self._unrecorded or self._unstored)
+                    if unwritten:
+                        timeout = max(0.0, self._pending_since + RECORD_EVERY - time.monotonic())
                     done = self._next_finished(timeout)
-                    if self._unrecorded and time.monotonic() - self._unrecorded_since >= RECORD_EVERY:
+                    if unwritten and time.monotonic() - self._pending_since >= RECORD_EVERY:
                         self._flush_records()
                     for future in done:
                         task, decision, before, executor = running.pop(future)
@@ -243,17 +244,24 @@ class Scheduler:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if alone:
                     pollers[0].poll(left)  # the only executor: wait in it
-                else:  # others resolve futures from threads of their own: look at the queue often
-                    step = POLL_STEP if left is None else min(left, POLL_STEP)
-                    for executor in pollers:
-                        executor.poll(step / len(pollers))
+                else:  # others resolve futures from threads of their own: wait on the queue
+                    for executor in pollers:  # in short steps, collecting outcomes in between
+                        executor.poll(0)
+                    try:
+                        step = POLL_STEP if left is None else min(left, POLL_STEP)
+                        return self._drain([self._finished.get(timeout=step)])
+                    except queue.Empty:
+                        pass
                 if left == 0.0:
                     break
             timeout = 0  # what finished is in the queue now
         try:
-            done = [self._finished.get(timeout=timeout)]
+            return self._drain([self._finished.get(timeout=timeout)])
         except queue.Empty:
             return []
+
+    def _drain(self, done: list[Future[Outcome]]) -> list[Future[Outcome]]:
+        """``done`` and every other future on the queue of finished ones."""
         while True:
             try:
                 done.append(self._finished.get_nowait())
@@ -444,12 +452,12 @@ class Scheduler:
             return None
         files = self.rebuilder.files
         assert outcome.value_digest is not None and decision.key is not None and decision.parts is not None
+        if not (self._unrecorded or self._unstored):
+            self._pending_since = time.monotonic()
         if outcome.value is not None:
             self._unstored[outcome.value_digest] = outcome.value  # stored with the records
         record = Record(decision.key, task.id, outcome.value_digest, products, outcome.duration)
         if task.options.cache:
-            if not self._unrecorded:
-                self._unrecorded_since = time.monotonic()
             self._unrecorded.append((record, decision.parts, files.take_dirty()))
         self.value_digests[task.id] = outcome.value_digest
         self._finish(report)

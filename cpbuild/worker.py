@@ -56,8 +56,15 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
 
 
 def _setup(init: dict[str, Any]) -> None:
+    """Take on the main process's state as it is when the first job is sent: a worker forked
+    before the task modules were imported has not seen what they set at import (variables
+    such as OMP_NUM_THREADS, the umask), a started one has seen it; both get the same."""
     sys.path[:] = init["sys_path"]
     os.chdir(init["cwd"])
+    if "environ" in init:
+        os.environ.clear()
+        os.environ.update(init["environ"])
+        os.umask(init["umask"])
     _batch_scheduling()
 
 
@@ -125,18 +132,19 @@ def serve(read_fd: int, write_fd: int) -> int:
         write_frame(write_fd, pickle.dumps(outcome, protocol=5))
 
 
-def serve_forked(read_fd: int, write_fd: int) -> NoReturn:
-    """The life of a worker forked from cpbuild (``cpbuild.executors.process``): undo what it
-    inherited that a started worker would not have, serve, and exit without returning into
-    the copy of cpbuild's call stack."""
+def serve_forked(read_fd: int, write_fd: int, signal_mask: Any) -> NoReturn:
+    """The life of a worker forked from cpbuild (``cpbuild.executors.process``), which has
+    made it a session leader with Ctrl-C and SIGTERM held: undo what it inherited that a
+    started worker would not have, serve, and exit without returning into the copy of
+    cpbuild's call stack."""
     code = 1
     try:
-        os.setpgid(0, 0)  # out of the terminal's process group: Ctrl-C is cpbuild's to handle
         import signal
 
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for name in ("SIGTERM", "SIGHUP"):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
         keep = {read_fd, write_fd, 1, 2}
         for entry in os.listdir("/proc/self/fd"):  # other workers' pipes, the state database
             if int(entry) not in keep:
@@ -150,6 +158,7 @@ def serve_forked(read_fd: int, write_fd: int) -> NoReturn:
             os.close(null)
         import gc
 
+        gc.freeze()  # cpbuild's objects: never collected here, their finalizers never run
         gc.enable()  # the CLI turns it off while it collects
         code = serve(read_fd, write_fd)
         _exit_like_python()

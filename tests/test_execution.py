@@ -618,3 +618,63 @@ def test_tasks_on_the_process_and_thread_executors_in_one_build(project):
     assert result.exit_code == 0, result
     assert result.ran == {"slow_thread", "quick_process", "after_process", "after_thread"}
     assert time.monotonic() - started < 30
+
+
+def test_workers_are_off_the_terminal_and_see_what_task_modules_set(project):
+    # Forked or started, a worker has no controlling terminal (a task that opens /dev/tty to
+    # prompt would otherwise be stopped by the kernel for ever) and sees the environment
+    # variables and umask the task modules set at import.
+    import pexpect
+
+    project.write(
+        "task_env.py",
+        """
+        import os
+
+        os.environ["SET_AT_IMPORT"] = "yes"
+        os.umask(0o027)
+
+        def task_probe() -> tuple:
+            try:
+                open("/dev/tty").close()
+                terminal = "has a terminal"
+            except OSError:
+                terminal = "no terminal"
+            umask = os.umask(0o022)
+            os.umask(umask)
+            return terminal, os.environ.get("SET_AT_IMPORT"), oct(umask)
+
+        def task_show(probe: tuple) -> None:
+            print("probe", *probe)
+        """,
+    )
+    child = pexpect.spawn(sys.executable, ["-m", "cpbuild", "-j2", "--executor", "process", "-s"],
+                          cwd=str(project.path), env=project.env(), encoding="utf-8", timeout=30)
+    try:
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0, child.before
+    assert "probe no terminal yes 0o27" in child.before
+
+
+def test_an_idle_process_pool_does_not_spin_while_a_thread_task_runs(project):
+    import resource
+
+    project.write(
+        "task_sleepy.py",
+        """
+        import time
+        from cpbuild import task
+
+        @task(executor="thread")
+        def task_sleepy() -> None:
+            time.sleep(1.5)
+        """,
+    )
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = project.run("-j2", "--executor", "process")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    assert result.exit_code == 0, result
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    assert cpu < 1.0, f"cpbuild used {cpu:.2f} s of CPU while its only task slept 1.5 s"

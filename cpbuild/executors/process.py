@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -47,7 +48,8 @@ from cpbuild.runner import Job, Outcome
 from cpbuild.worker import read_frame, write_frame
 
 WINDOW = 2  # jobs a worker holds at once: the one it runs and the next
-AHEAD_BYTES = 16 * 1024  # a frame this small fits in a pipe's buffer (64 KiB on Linux)
+#: A frame this small (with its 8-byte header) fits in any pipe's buffer: at least a page.
+AHEAD_BYTES = 4096 - 8
 SHORT_TASK = 0.01  # seconds: a job may wait behind a task of a function this quick
 
 
@@ -77,7 +79,10 @@ class _Forked:
 
     def poll(self) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): as Popen does
+                pid, status = self.pid, 0
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
@@ -85,7 +90,10 @@ class _Forked:
     def wait(self, timeout: float | None = None) -> int:
         if timeout is None:
             if self.returncode is None:
-                self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+                try:
+                    self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+                except ChildProcessError:
+                    self.returncode = 0
             return self.returncode
         deadline = time.monotonic() + timeout
         delay = 0.0005
@@ -110,46 +118,68 @@ class _Worker:
 
     def __init__(self, fork: bool = False) -> None:
         self.sent: set[str] = set()  # digests of the functions and contexts this worker holds
-        self.initialized = False  # the import path and folder are sent with the first job
+        self.initialized = False  # import path, folder, environment: sent with the first job
         job_read, self.job_write = os.pipe()
         self.outcome_read, outcome_write = os.pipe()
         self.process: Any
-        if fork:
-            sys.stdout.flush()  # or the worker would write the same buffered output again
-            sys.stderr.flush()
-            pid = os.fork()
-            if pid == 0:
-                from cpbuild.worker import serve_forked
-
-                serve_forked(job_read, outcome_write)  # never returns
-            try:
-                os.setpgid(pid, pid)  # also done by the worker: whichever runs first
-            except OSError:
-                pass
-            self.process = _Forked(pid)
-        else:
-            self.process = subprocess.Popen(
+        try:
+            self.process = self._fork(job_read, outcome_write) if fork else subprocess.Popen(
                 [sys.executable, "-m", "cpbuild.worker", "serve", str(job_read), str(outcome_write)],
                 pass_fds=(job_read, outcome_write),
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        os.close(job_read)
-        os.close(outcome_write)
+        except BaseException:
+            for fd in (self.job_write, self.outcome_read):
+                os.close(fd)
+            raise
+        finally:
+            os.close(job_read)
+            os.close(outcome_write)
+
+    @staticmethod
+    def _fork(job_read: int, outcome_write: int) -> _Forked:
+        """Fork a worker, which starts a session of its own (off the terminal, as a started
+        worker is) before this returns. Signals that would raise in cpbuild's frames (Ctrl-C,
+        SIGTERM) are held until the worker has its own handlers; anything that escapes in the
+        worker ends it there, never in the copy of cpbuild's call stack."""
+        sys.stdout.flush()  # or the worker would write the same buffered output again
+        sys.stderr.flush()
+        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        ready_read, ready_write = os.pipe()
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setsid()
+                    os.close(ready_write)
+                    from cpbuild.worker import serve_forked
+
+                    serve_forked(job_read, outcome_write, previous)
+                finally:
+                    os._exit(1)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            os.close(ready_write)
+        try:
+            os.read(ready_read, 1)  # the end of file: the worker has its session (or is gone)
+        finally:
+            os.close(ready_read)
+        return _Forked(pid)
 
     def send(self, frame: bytes) -> None:
         if not self.initialized:
-            write_frame(self.job_write, pickle.dumps(worker_init()))
+            write_frame(self.job_write, pickle.dumps(worker_init(environment=True)))
             self.initialized = True
         write_frame(self.job_write, frame)
 
     def close_pipes(self) -> None:
         """Tell the worker to exit (it sees the end of its job pipe)."""
         for fd in (self.job_write, self.outcome_read):
-            try:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass
+        self.job_write = self.outcome_read = -1
 
     def close(self, kill: bool = False, grace: float = KILL_GRACE) -> None:
         self.close_pipes()
@@ -184,6 +214,7 @@ class ProcessExecutor:
         self._slots = [_Slot() for _ in range(jobs)]
         self._closing = False
         self._short: dict[str, bool] = {}  # function digest -> its last task was short
+        self._reapers: list[threading.Thread] = []  # killing workers (see _retire)
 
     def start(self) -> None:
         """Start the workers now, by fork, if that is safe here (see ``_Worker``); the CLI
@@ -225,7 +256,9 @@ class ProcessExecutor:
         for slot in busy:
             head = slot.sent[0] if slot.sent else None
             if head is not None and head.job.timeout is not None and now >= head.started + head.job.timeout:
-                self._time_out(slot)
+                assert slot.worker is not None
+                if not select.select([slot.worker.outcome_read], [], [], 0)[0]:  # not just done
+                    self._time_out(slot)
         self._dispatch()
 
     # -- handing jobs over ----------------------------------------------------------------------
@@ -328,10 +361,18 @@ class ProcessExecutor:
 
     def _retire(self, slot: _Slot, kill: bool) -> None:
         """Stop the slot's worker; the jobs waiting behind its running one go back to the
-        front of the queue, for the next worker with room."""
+        front of the queue, for the next worker with room. A worker to kill gets its grace
+        period on a thread of its own: a task that ignores SIGTERM must not hold up the
+        scheduler and every other worker."""
         worker, slot.worker = slot.worker, None
         if worker is not None:
-            worker.close(kill=kill)
+            if kill and worker.process.poll() is None:
+                worker.close_pipes()
+                reaper = threading.Thread(target=worker.close, args=(True,), name="cpbuild-reaper", daemon=True)
+                reaper.start()
+                self._reapers.append(reaper)
+            else:
+                worker.close(kill=kill)
         self._waiting.extendleft(reversed(slot.sent))
         slot.sent.clear()
 
@@ -352,6 +393,8 @@ class ProcessExecutor:
             for item in self._waiting:
                 item.future.cancel() or self._resolve(item, Outcome(False, error=f"{item.job.task_id} was stopped"))
             self._waiting.clear()
+            for reaper in self._reapers:
+                reaper.join()
             return
         while self._waiting or any(slot.sent for slot in self._slots):
             self.poll(None)
@@ -361,6 +404,8 @@ class ProcessExecutor:
         for worker in workers:
             # One that never got a job ran no task code: nothing to wait for.
             worker.close(kill=not worker.initialized, grace=0.0)
+        for reaper in self._reapers:
+            reaper.join()
 
 
 def create(config: Any, jobs: int) -> ProcessExecutor:

@@ -145,9 +145,15 @@ def _same_state(a: Any, b: Any) -> bool:
     return True
 
 
-def worker_init() -> dict[str, Any]:
-    """What a worker needs before its first job: the import path and working directory."""
-    return {"sys_path": list(sys.path), "cwd": os.getcwd()}
+def worker_init(environment: bool = False) -> dict[str, Any]:
+    """What a worker needs before its first job: the import path and working directory, and
+    with ``environment`` (a worker on this machine) the environment variables and umask."""
+    init: dict[str, Any] = {"sys_path": list(sys.path), "cwd": os.getcwd()}
+    if environment:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        init.update(environ=dict(os.environ), umask=umask)
+    return init
 
 
 def prepare(job: Any) -> Any:
