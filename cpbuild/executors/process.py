@@ -145,24 +145,23 @@ class _Worker:
         worker ends it there, never in the copy of cpbuild's call stack."""
         sys.stdout.flush()  # or the worker would write the same buffered output again
         sys.stderr.flush()
-        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         ready_read, ready_write = os.pipe()
         try:
-            pid = os.fork()
-            if pid == 0:
-                try:
-                    os.setsid()
-                    os.close(ready_write)
-                    from cpbuild.worker import serve_forked
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.setsid()
+                        os.close(ready_write)
+                        from cpbuild.worker import serve_forked
 
-                    serve_forked(job_read, outcome_write, previous)
-                finally:
-                    os._exit(1)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-            os.close(ready_write)
-        try:
+                        serve_forked(job_read, outcome_write, previous)
+                    finally:
+                        os._exit(1)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+                os.close(ready_write)
             os.read(ready_read, 1)  # the end of file: the worker has its session (or is gone)
         finally:
             os.close(ready_read)
