@@ -30,6 +30,7 @@ def _stdout() -> Any:
 class TerminalReporter:
     def __init__(self) -> None:
         self.live: Any = None
+        self.want_live = False
         self.total = 0
         self.done = 0
 
@@ -59,7 +60,7 @@ class TerminalReporter:
 
     @hookimpl
     def cpbuild_task_start(self, session: Any, task: Any) -> None:
-        if self.live is None and self._want_live(session):
+        if self.live is None and self.want_live:
             self._start_live(session)
         if self.live is not None:
             self.live.start_task(task.id, task.name)
@@ -80,6 +81,7 @@ class TerminalReporter:
     def cpbuild_build_start(self, session: Any, tasks: list[Any]) -> None:
         self.total, self.done, self.live = len(tasks), 0, None
         self.pending = {t.id for t in tasks}
+        self.want_live = self._want_live(session)  # decided once: it looks at the terminal
         if session.mode == "build" and self._verbosity(session) > 0:
             config = session.config
             self._write(
