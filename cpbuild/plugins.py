@@ -72,7 +72,7 @@ def make_plugin_manager(
             ) from None
         pm.register(plugin, name=name)
     for name in [*config_plugins, *(n for n in requested if not n.startswith("no:"))]:
-        if pm.is_blocked(name) or pm.has_plugin(name) or pm.get_plugin(name):
+        if pm.is_blocked(name) or pm.has_plugin(name):
             continue
         try:
             module = importlib.import_module(name)

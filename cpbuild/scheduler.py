@@ -16,7 +16,6 @@ import gc
 import heapq
 import os
 import queue
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,8 +214,6 @@ class Scheduler:
                     self._end(start, interrupted=True)  # the reporter must stop its display
                 raise
         finally:
-            if "cpbuild.runner" in sys.modules:  # tasks ran in this process: real streams back
-                sys.modules["cpbuild.runner"].uninstall_streams()
             self._flush_records()
             if not interrupted and not self.options.dry_run:
                 self.rebuilder.files.settle_racy()

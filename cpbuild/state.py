@@ -214,6 +214,9 @@ class State:
 
     def close(self) -> None:
         """Write the snapshot if this process changed anything, then close."""
+        if not self._bumped and self._snapshot_generation >= 0:  # read a current one, wrote nothing
+            self._db.close()
+            return
         with _Transaction(self._db, bump=False):
             generation = self._db.execute("SELECT generation FROM meta").fetchone()[0]
             if generation != self._snapshot_generation:

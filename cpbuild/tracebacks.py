@@ -10,7 +10,7 @@ import traceback
 from pathlib import Path
 
 _CPBUILD_DIR = str(Path(__file__).resolve().parent)
-_HIDDEN = (_CPBUILD_DIR, "<frozen importlib", "concurrent/futures", "/threading.py")
+_HIDDEN = (_CPBUILD_DIR, "<frozen importlib")
 
 
 def format_user_traceback(error: BaseException) -> str:

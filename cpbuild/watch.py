@@ -33,7 +33,6 @@ import errno
 import fnmatch
 import gc
 import importlib
-import importlib.util
 import linecache
 import os
 import signal
@@ -91,7 +90,6 @@ EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirMovedEvent,
 ]
 
-_CPBUILD_DIR = str(Path(__file__).resolve().parent)
 _CLEAR = "\033[2J\033[H"
 
 
@@ -354,7 +352,6 @@ class Watcher:
         options: argparse.Namespace,
         pm: Any,
         cwd: Path,
-        out: Any = None,
         environment: Any = None,
     ) -> None:
         self.config = config
@@ -362,7 +359,7 @@ class Watcher:
         self.options = options
         self.pm = pm
         self.cwd = cwd
-        self.out = out or sys.stdout
+        self.out = sys.stdout
         self.root = str(config.root)
         self.cache = str(config.cache_path)
         self.restart_mode = bool(getattr(options, "restart", False))

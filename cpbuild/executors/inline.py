@@ -9,7 +9,7 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
-from cpbuild.runner import Job, Outcome, run_job
+from cpbuild.runner import Job, Outcome, run_job, uninstall_streams
 
 
 class InlineExecutor:
@@ -21,7 +21,7 @@ class InlineExecutor:
         return future
 
     def shutdown(self, cancel: bool = False) -> None:
-        pass
+        uninstall_streams()  # the process gets its real standard streams back
 
 
 def create(config: Any, jobs: int) -> InlineExecutor:

@@ -17,7 +17,7 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from cpbuild.runner import Job, Outcome, run_job
+from cpbuild.runner import Job, Outcome, run_job, uninstall_streams
 
 
 class ThreadExecutor:
@@ -52,6 +52,7 @@ class ThreadExecutor:
                 future.set_result(Outcome(False, error=f"the thread executor failed: {error!r}"))
 
     def shutdown(self, cancel: bool = False) -> None:
+        uninstall_streams()  # the process gets its real standard streams back
         if cancel:
             while True:
                 try:

@@ -135,9 +135,11 @@ class LocalStorage:
             query = f"SELECT digest, data FROM objects WHERE digest IN ({','.join('?' * len(chunk))})"
             for digest, data in self._pack().execute(query, chunk):
                 found[digest] = self._verified(digest, data)
-        for digest in digests:
-            if digest not in found:
-                found[digest] = self.get(digest)
+        for digest in digests - found.keys():  # not in the pack: a file, or missing
+            try:
+                found[digest] = self._verified(digest, self._path(digest).read_bytes())
+            except FileNotFoundError:
+                found[digest] = None
         return found
 
     def put(self, digest: str, data: bytes) -> None:
