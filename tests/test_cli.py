@@ -354,13 +354,6 @@ def test_version_lists_a_dash_p_plugin_with_its_version(project):
     assert "  myplugin: 2.5" in result.stdout.splitlines()
 
 
-PLUGIN_IMPORT_BUG = (
-    "plugins are imported before the project root is on sys.path (only Session.collect adds "
-    "it), so a plugin module in the root is found only when the working directory is the root "
-    "and cpbuild runs as python -m"
-)
-
-
 def test_version_lists_plugins_named_in_the_config(project):
     project.write("myplugin.py", KEY_EXTRA_PLUGIN)
     project.write("cpbuild.toml", 'plugins = ["myplugin"]\n')

@@ -316,8 +316,8 @@ def task_write(out: Annotated[Path, Product] = Path("build/out.txt")) -> None:
 
 
 def test_failed_task_records_nothing_so_the_next_build_runs_it_again(project):
-    # The failure depends on an environment variable, which is not part of the key: had a
-    # record been written for the failed run, the next build would find it up to date.
+    # The failure depends on an environment variable, which is not part of the key. Its
+    # product is deleted, which alone would make a record stale: --why shows there is none.
     write_tasks(
         project,
         """
@@ -335,6 +335,7 @@ def task_flaky(out: Annotated[Path, Product] = Path("build/out.txt")) -> int:
     failed = project.run(FLAKY_FAIL="1")
     assert failed.exit_code == 1, failed
     assert not (project.path / "build/out.txt").exists()
+    assert "never built" in project.run("--why", "flaky").stdout
     again = project.run()
     assert again.exit_code == 0, again
     assert again.ran == {"flaky"}

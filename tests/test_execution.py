@@ -267,17 +267,18 @@ def test_a_dying_worker_fails_its_task_and_the_build_goes_on(project, how):
     assert result.ran == {"fine", "after"}
 
 
-def test_sigint_leaves_no_partial_product_and_the_next_build_finishes_the_rest(project):
+@pytest.mark.parametrize("executor", ["inline", "thread", "process"])
+def test_sigint_leaves_no_partial_product_and_the_next_build_finishes_the_rest(project, executor):
     gate = project.write_gated()
-    for executor in ("inline", "thread", "process"):
-        result = project.interrupt("--executor", executor, "-j2")
-        assert result.exit_code == 2, result
-        assert not (project.path / "partial.txt").exists(), f"{executor}: a partial product was left"
-        assert project.read("quick.txt") == "done"
+    result = project.interrupt("--executor", executor, "-j2")
+    assert result.exit_code == 2, result
+    assert result.ran == {"quick", "waits"}
+    assert not (project.path / "partial.txt").exists(), "a partial product was left"
+    assert project.read("quick.txt") == "done"
     gate.write_text("open")
-    result = project.run()
+    result = project.run("--executor", executor, "-j2")
     assert result.exit_code == 0, result
-    assert result.ran == {"waits"}
+    assert result.ran == {"waits"}, "a task finished before the interrupt ran again"
     assert project.read("partial.txt") == "complete"
 
 
@@ -298,17 +299,17 @@ def test_process_executor_ships_project_code_by_value(project, tmp_path):
             return [double(n) for n in numbers]
 
         def task_write(doubled: list[int], out: Annotated[Path, Product] = Path("out.txt")) -> None:
-            out.write_text(" ".join(map(str, doubled)))
+            import sys  # where this runs: by value, neither this module nor helpers is imported
+            imported = [name for name in ("helpers", "task_calc") if name in sys.modules]
+            out.write_text(" ".join(map(str, doubled)) + f" imported={imported}")
         """,
     )
     result = project.run("-j2", "--executor", "process", "--json-report", "report.json")
     assert result.exit_code == 0, result
-    assert project.read("out.txt") == "0 2 4 6 8"
+    assert project.read("out.txt") == "0 2 4 6 8 imported=[]"
     import json
 
     report = json.loads(project.read("report.json"))
-    workers = {t["worker"] for t in report["tasks"]}
-    assert all(str(os.getpid()) not in w for w in workers)
     assert {t["executor"] for t in report["tasks"]} == {"process"}
 
 
@@ -379,6 +380,8 @@ def test_stdout_buffer_and_breakpoint_work_under_capture(project):
     assert result.exit_code == 0, result
     assert "IN THE DEBUGGER" in result.stdout, "capture is suspended at a breakpoint"
     assert "captured before the breakpoint" not in result.stdout
+    assert "bytes written" not in result.stdout, "sys.stdout.buffer is captured too"
+    assert "bytes written" in project.run("--log", "binary").stdout
 
 
 def test_sigterm_stops_workers_and_leaves_no_partial_product(project):
@@ -677,4 +680,4 @@ def test_an_idle_process_pool_does_not_spin_while_a_thread_task_runs(project):
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.exit_code == 0, result
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-    assert cpu < 1.0, f"cpbuild used {cpu:.2f} s of CPU while its only task slept 1.5 s"
+    assert cpu < 0.5, f"cpbuild used {cpu:.2f} s of CPU while its only task slept 1.5 s"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 PIPELINE = """
 from pathlib import Path
 from typing import Annotated
@@ -388,7 +390,8 @@ def test_same_size_edits_within_one_second_never_run_stale_bytecode(project):
         assert project.read("out.txt") == str(n)
 
 
-def test_helper_edited_while_the_build_runs_is_seen_by_the_next_build(project):
+@pytest.mark.parametrize("executor", ["inline", "process"])
+def test_helper_edited_while_the_build_runs_is_seen_by_the_next_build(project, executor):
     """The key describes the code that was imported and ran, not the file as it is later."""
     gate = project.path / "gate"
     project.write("helpers.py", 'def value():\n    return "old"\n')
@@ -416,7 +419,7 @@ def test_helper_edited_while_the_build_runs_is_seen_by_the_next_build(project):
     )
     import subprocess
 
-    process = subprocess.Popen(project.command(), cwd=project.path, env=project.env(),
+    process = subprocess.Popen(project.command("-j2", "--executor", executor), cwd=project.path, env=project.env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     started = project.path / "started"
     import time
