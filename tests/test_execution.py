@@ -343,11 +343,46 @@ def test_large_values_do_not_pass_through_the_main_process(project):
             print("size", size)
         """,
     )
+    project.write(
+        "logstore.py",
+        """
+        import os
+        from pathlib import Path
+        from cpbuild.hookspecs import hookimpl
+        from cpbuild.storage.local import LocalStorage
+
+        LOG = Path(__file__).with_name("puts.log")
+
+        def note(text):
+            with open(LOG, "a") as log:
+                log.write(text + "\\n")
+
+        class LoggingStorage(LocalStorage):
+            def put(self, digest, data):
+                note(f"{os.getpid()} {len(data)}")
+                super().put(digest, data)
+
+            def put_many(self, objects):
+                for data in objects.values():
+                    note(f"{os.getpid()} {len(data)}")
+                super().put_many(objects)
+
+        @hookimpl(tryfirst=True)
+        def cpbuild_make_storage(name, config, hasher):
+            note(f"main {os.getpid()}")
+            return LoggingStorage(config.cache_path / "objects", hasher)
+        """,
+    )
+    project.write("cpbuild.toml", 'plugins = ["logstore"]\n')
     result = project.run("-j2", "--executor", "process", "-s")
     assert result.exit_code == 0, result
     assert "size 5000000" in result.stdout
-    objects = list((project.path / ".cpbuild" / "objects").rglob("*"))
-    assert any(p.is_file() and p.stat().st_size >= 5_000_000 for p in objects)
+    lines = [line.split() for line in project.read("puts.log").splitlines()]
+    main = {pid for who, pid in lines if who == "main"}
+    puts = [(pid, int(size)) for pid, size in lines if pid != "main"]
+    large = [pid for pid, size in puts if size >= 5_000_000]
+    assert large and not set(large) & main, "the large value was written by the main process"
+    assert any(size < 100 and pid in main for pid, size in puts), "small values come back"
 
 
 def test_log_of_a_task_without_output_explains_why_there_is_none(project):
