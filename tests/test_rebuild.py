@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -304,21 +305,40 @@ def test_cache_false_always_runs(project):
     assert project.run().ran == {"stamp"}
 
 
-def test_third_party_library_is_tracked_by_version(project):
+def test_third_party_library_is_tracked_by_version(project, tmp_path):
+    # An installed library is identified by its distribution's version, not by its code.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mylib.py").write_text("def greet():\n    return 'hello'\n")
+
+    def install(version: str) -> None:
+        for old in site.glob("*.dist-info"):
+            shutil.rmtree(old)
+        dist_info = site / f"mylib-{version}.dist-info"
+        dist_info.mkdir()
+        (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: mylib\nVersion: {version}\n")
+        (dist_info / "top_level.txt").write_text("mylib\n")
+        (dist_info / "RECORD").write_text(f"mylib.py,,\nmylib-{version}.dist-info/METADATA,,\n")
+
     project.write(
         "task_lib.py",
         """
-        import pluggy
+        import mylib
         from ranlog import ran
 
         def task_uses_lib() -> str:
             ran("uses_lib")
-            return pluggy.__name__
+            return mylib.greet()
         """,
     )
-    project.run()
-    why = project.run("--why", "uses_lib", "-v")
-    assert "library   pluggy: " in why.stdout, why
+    install("1.0")
+    assert project.run(PYTHONPATH=str(site)).ran == {"uses_lib"}
+    assert project.run(PYTHONPATH=str(site)).ran == set()
+    why = project.run("--why", "uses_lib", "-v", PYTHONPATH=str(site))
+    assert "library   mylib: 1.0" in why.stdout, why
+    install("1.1")
+    assert project.run(PYTHONPATH=str(site)).ran == {"uses_lib"}, "a new version reruns its users"
+    assert project.run(PYTHONPATH=str(site)).ran == set()
 
 
 def test_return_to_earlier_code_reruns_nothing_for_value_tasks(project):
