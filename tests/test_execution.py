@@ -31,16 +31,20 @@ def test_two_independent_tasks_run_in_parallel(project, executor):
 def test_queue_limit_serializes_its_tasks_without_blocking_others(project):
     project.write_sleepers(3, 0.3, decorator='queue="gpu"')
     project.write("cpbuild.toml", "[queues]\ngpu = 1\n")
-    project.write(
-        "task_free.py",
-        "from ranlog import ran\n\ndef task_free() -> int:\n    ran('free')\n    return 1\n",
+    project.write(  # collected after the queued tasks, so it is ready while two of them wait
+        "task_zz_free.py",
+        "from ranlog import ran\nfrom timing import timed\n\n"
+        "def task_free() -> int:\n    ran('free')\n    timed('free', 0)\n    return 1\n",
     )
     result = project.run("-j3", "--executor", "thread")
     assert result.exit_code == 0, result
     assert result.ran == {"s0", "s1", "s2", "free"}
-    spans = sorted(project.intervals().values())
+    intervals = project.intervals()
+    free_start = intervals.pop("free")[0]
+    spans = sorted(intervals.values())
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, f"queue gpu=1 tasks overlapped: {spans}"
+    assert free_start < spans[0][1], "a task outside the queue waited for the queued ones"
 
 
 def test_queue_limit_from_the_command_line(project):

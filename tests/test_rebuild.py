@@ -560,6 +560,8 @@ def test_classes_defined_in_functions_are_told_apart(project):
     assert project.run().ran == {"use"}
     edit(project, "runners.py", 'return "b"', 'return "B"')
     assert project.run().ran == {"use"}
+    edit(project, "runners.py", 'return "a"', 'return "A"')
+    assert project.run().ran == set(), "make_a's class is another class than the one in use"
 
 
 def test_named_tuple_enum_and_dataclass_constants_are_tracked_by_value(project):

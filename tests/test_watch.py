@@ -100,8 +100,8 @@ class Watch:
     def ran(self) -> list[str]:
         return [line for line in self.project.log.read_text().splitlines() if line]
 
-    def wait_ran(self, count: int) -> None:
-        self.wait_for(lambda: len(self.ran()) >= count, f"{count} task runs")
+    def wait_ran(self, count: int, timeout: float = TIMEOUT) -> None:
+        self.wait_for(lambda: len(self.ran()) >= count, f"{count} task runs", timeout)
 
     def quiet(self) -> None:
         """Proving that nothing happens needs a fixed wait: QUIET after the last change."""
@@ -404,7 +404,8 @@ def test_restart_cancels_the_running_task_and_starts_again(project, start, tmp_p
     watcher = start("--restart", "--executor", executor, ready=False)
     watcher.wait_ran(1)
     data.write_text("v2\n")
-    watcher.wait_ran(2)
+    # Well before the first run gives up waiting for the gate (20 s): it was stopped.
+    watcher.wait_ran(2, timeout=8)
     watcher.wait_for(lambda: "cpbuild: change: data.txt" in watcher.output, "the restarted cycle")
     assert "starting again" in watcher.output, watcher.output
     (tmp_path / "gate").write_text("open")
