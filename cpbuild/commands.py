@@ -124,7 +124,6 @@ def _print_list(summary: Any) -> None:
 
 
 def _print_why(session: Any, summary: Any, targets: list[str], verbose: int) -> None:
-    from cpbuild.rebuilder import describe_item
     from cpbuild.scheduler import UP_TO_DATE
 
     reports = {r.task.id: r for r in summary.reports}
@@ -137,14 +136,14 @@ def _print_why(session: Any, summary: Any, targets: list[str], verbose: int) -> 
             for reason in report.reasons:
                 print(f"  - {reason}")
         if verbose:
-            _print_key_parts(session, report.task, describe_item)
+            _print_key_parts(session, report.task)
 
 
-def _print_key_parts(session: Any, task: Any, describe_item: Any) -> None:
+def _print_key_parts(session: Any, task: Any) -> None:
     """``--why -v``: every part of the key, so users see what is and is not tracked."""
-    from cpbuild.rebuilder import PYTHON_VERSION
+    from cpbuild.rebuilder import PYTHON_VERSION, describe_item
 
-    code = dict(task.code[0]) if task.function is None else session.rebuilder.code.code_items(task.function)
+    code = dict(session.rebuilder.task_code(task)[0])
     print(f"  key parts of {task.name} (Python {PYTHON_VERSION}):")
     for item, value in sorted(code.items()):
         kind, _, name = item.partition(" ")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import marshal
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,7 @@ class Environment:
         """Write the cache if anything new was learnt and the environment is not in flux."""
         if not self._changed or self.cache_file is None:
             return
-        now = _time_ns()
+        now = time.time_ns()
         if any(now - mtime < RACY_NS for _, mtime in self.signature):
             return
         data = {
@@ -128,7 +129,3 @@ def _distribution_version(top: str) -> str:
     return str(getattr(module, "__version__", "unknown version"))
 
 
-def _time_ns() -> int:
-    import time
-
-    return time.time_ns()

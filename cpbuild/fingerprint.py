@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import inspect
 import os
 import sys
 import time
@@ -86,10 +87,6 @@ class CodeTracker:
         self._project_file: dict[str, str | None] = {}
 
     # -- public -----------------------------------------------------------------------------
-
-    def code_items(self, function: Callable[..., Any]) -> dict[str, str]:
-        """All code items a task function reaches, by readable name."""
-        return dict(self.task_code(function)[0])
 
     def task_code(self, function: Callable[..., Any]) -> tuple[dict[str, str], str]:
         """(code items, their digest) of a task function; shared by every function made from
@@ -354,14 +351,12 @@ _MISSING = object()
 
 
 def inspect_unwrap(obj: Any) -> Any:
-    """Follow ``__wrapped__`` (functools.wraps, lru_cache) to the user's function."""
-    seen = 0
-    while seen < 100:
-        wrapped = getattr(obj, "__wrapped__", None) if not isinstance(obj, type) else None
-        if wrapped is None or isinstance(obj, types.ModuleType):
-            return obj
-        obj, seen = wrapped, seen + 1
-    return obj
+    """Follow ``__wrapped__`` (functools.wraps, lru_cache) to the user's function; classes and
+    modules are what they are."""
+    try:
+        return inspect.unwrap(obj, stop=lambda f: isinstance(f, type | types.ModuleType))
+    except ValueError:  # a cycle of __wrapped__
+        return obj
 
 
 def _closure_vars(function: types.FunctionType) -> dict[str, Any]:

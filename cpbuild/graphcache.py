@@ -28,6 +28,7 @@ from __future__ import annotations
 import marshal
 import os
 import sys
+import time
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,20 +102,17 @@ class Recorder:
         real = (os.stat, os.lstat, os.access, os.environ, os.environb)
         recorder = self
 
-        def stat(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if _by_user(None):
-                recorder.note(path)
-            return real[0](path, *args, **kwargs)
+        def noting(function: Any) -> Any:
+            """``function`` (os.stat and kin), noting the paths the user's code asks about."""
 
-        def lstat(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if _by_user(None):
-                recorder.note(path)
-            return real[1](path, *args, **kwargs)
+            def noted(path: Any, *args: Any, **kwargs: Any) -> Any:
+                if _by_user(None):
+                    recorder.note(path)
+                return function(path, *args, **kwargs)
 
-        def access(path: Any, *args: Any, **kwargs: Any) -> Any:
-            if _by_user(None):
-                recorder.note(path)
-            return real[2](path, *args, **kwargs)
+            return noted
+
+        stat, lstat, access = (noting(function) for function in real[:3])
 
         self.modules_before = set(sys.modules)
         Recorder.active = self
@@ -305,7 +303,7 @@ def pending(session: Any, task_files: list[Path], recorder: Recorder) -> Pending
     for path in (*map(str, task_files), *_module_files(root, new_modules)):
         if not ours(path):
             watched.setdefault(path, _stat_of(path))
-    now = _now()
+    now = time.time_ns()
     if any(entry is not None and now - max(entry[1], entry[2]) < RACY_NS for entry in watched.values()):
         return None  # something was modified a moment ago: it could change again unseen
     folders = {f for f in _import_folders(root) if not ours(f)}
@@ -438,7 +436,3 @@ def _import_folders(root: str) -> Iterator[str]:
                 yield folder
 
 
-def _now() -> int:
-    import time
-
-    return time.time_ns()

@@ -191,7 +191,7 @@ class Rebuilder:
             for result in results:
                 if result:
                     extras.update({str(k): str(v) for k, v in result.items()})
-        code, code_digest = task.code if task.function is None else self.code.task_code(task.function)
+        code, code_digest = self.task_code(task)
         parts = {
             "python": PYTHON_VERSION,
             "code": code,
@@ -203,6 +203,10 @@ class Rebuilder:
             "extras": extras,
         }
         return parts, problems
+
+    def task_code(self, task: Task) -> tuple[Any, str]:
+        """(code items, their digest) of a task: from the graph cache, or analysed now."""
+        return task.code if task.function is None else self.code.task_code(task.function)
 
     def _argument(self, value: Any) -> list[str]:
         return argument_parts(value, self.root, self.serializer, self.hasher)
