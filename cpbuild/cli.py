@@ -190,7 +190,7 @@ def _error_lines(title: str, errors: list[str]) -> None:
 
 def _command(argv: list[str], invocation: Invocation) -> ExitCode:
     from cpbuild.config import build_config, read_config
-    from cpbuild.environment import Environment
+    from cpbuild.environment import Environment, user_cache_folder
     from cpbuild.plugins import make_plugin_manager
     from cpbuild.project import add_import_paths
 
@@ -205,8 +205,7 @@ def _command(argv: list[str], invocation: Invocation) -> ExitCode:
             raise
         root, source, table = directory.resolve(), None, {}
     add_import_paths(root)  # before plugins load: a plugin module may live in the project
-    cache_dir = table.get("cache_dir", ".cpbuild")
-    environment = Environment(root / (cache_dir if isinstance(cache_dir, str) else ".cpbuild") / "environment", root)
+    environment = Environment(user_cache_folder(), root)
     config_plugins = table.get("plugins", [])
     pm = make_plugin_manager(
         requested, config_plugins if isinstance(config_plugins, list) else [], environment

@@ -3,11 +3,15 @@
 Both come from ``importlib.metadata``, which scans every installed distribution: importing it and
 scanning cost more than a whole no-op build of a small project. The answers change only when
 packages are installed or removed, which changes the modification time of the folder they are
-installed into. So they are kept in ``<cache_dir>/environment`` together with the modification
-times of the ``sys.path`` folders outside the project, and reused while those are unchanged.
+installed into. So they are kept together with the modification times of the ``sys.path``
+folders outside the project, and reused while those are unchanged.
+
+They describe the Python environment, not the project, so they live in the user's cache folder
+(``user_cache_folder``), one file per interpreter and import path: a fresh checkout, a deleted
+``.cpbuild/`` or a second project on the same environment does not pay the scan again.
 
 Limit: a distribution's metadata edited in place (not reinstalled) is not noticed until some
-install touches its folder; ``rm <cache_dir>/environment`` forgets the cache.
+install touches its folder; ``rm -r ~/.cache/cpbuild`` forgets the cache.
 """
 
 from __future__ import annotations
@@ -24,10 +28,27 @@ from cpbuild.project import RACY_NS, is_installation
 _FORMAT = 1
 
 
+def user_cache_folder() -> Path:
+    """cpbuild's folder in the user's cache: ``$XDG_CACHE_HOME/cpbuild``, else
+    ``~/.cache/cpbuild`` (``%LOCALAPPDATA%\\cpbuild`` on Windows)."""
+    base = os.environ.get("XDG_CACHE_HOME") or (
+        os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else None
+    )
+    return Path(base or Path.home() / ".cache") / "cpbuild"
+
+
 class Environment:
-    def __init__(self, cache_file: Path | None, root: Path | None = None) -> None:
-        self.cache_file = cache_file
+    def __init__(self, cache_folder: Path | None, root: Path | None = None) -> None:
+        """``cache_folder``: where to keep the answers (None: nowhere), in a file named after
+        the interpreter and the import path outside the project."""
         self.signature = self._signature(root)
+        self.cache_file: Path | None = None
+        if cache_folder is not None:
+            import hashlib
+
+            folders = [folder for folder, _ in self.signature]
+            name = hashlib.sha256(repr((sys.executable, folders)).encode()).hexdigest()[:20]
+            self.cache_file = cache_folder / f"environment-{name}"
         self.entry_points: list[tuple[str, str, str, str]] | None = None
         self.versions: dict[str, str] = {}
         self._changed = False

@@ -120,7 +120,6 @@ class Scheduler:
         self._submitting: tuple[Task, dict[str, Any]] | None = None
         #: product folders: [products looked at, their names when listed] (see _stat_before)
         self._folders: dict[str, list[Any]] = {}
-        self._ahead = 0  # extra tasks an executor asked to hold (see _executor)
         self._task_finish = session.hook.cpbuild_task_finish
         self._finished: queue.SimpleQueue[Future[Outcome]] = queue.SimpleQueue()
         self._unstored: dict[str, bytes] = {}  # small values that came back, by digest
@@ -157,7 +156,7 @@ class Scheduler:
 
         try:
             while ready or running:
-                while ready and len(running) < self.options.jobs + self._ahead:
+                while ready and len(running) < self.options.jobs + self._ahead():
                     _, task_id = heapq.heappop(ready)
                     task = self.graph.tasks[task_id]
                     queue = task.options.queue
@@ -397,11 +396,13 @@ class Scheduler:
         return prefix.split() if prefix else None
 
     def _executor(self, task: Task) -> Any:
-        executor = self.session.executor(self.session.executor_for(task), self.options.jobs)
-        # An executor that queues tasks may be handed more than -j of them, so that a worker
-        # never waits for the main process between two tasks; it still runs at most -j at once.
-        self._ahead = max(self._ahead, int(getattr(executor, "queue_ahead", 0)))
-        return executor
+        return self.session.executor(self.session.executor_for(task), self.options.jobs)
+
+    def _ahead(self) -> int:
+        """Tasks to hand over beyond -j: an executor that queues tasks may ask for more, so that
+        its workers never wait for the main process between two tasks; it still runs at most -j
+        at once."""
+        return max((int(getattr(e, "queue_ahead", 0)) for e in self._executors.values()), default=0)
 
     def _complete(
         self, task: Task, decision: Decision, before: dict[str, Any], outcome: Outcome, executor: Any

@@ -162,6 +162,8 @@ class Project:
     def env(self, **extra: str) -> dict[str, str]:
         env = dict(os.environ)
         env["CPBUILD_TEST_LOG"] = str(self.log)
+        # The user's cache (the environment cache, see cpbuild.environment) stays the test's own.
+        env["XDG_CACHE_HOME"] = str(self.path.parent / "user-cache")
         env.pop("PYTHONPATH", None)
         env.update(extra)
         return env

@@ -22,37 +22,68 @@ import os
 import pickle
 import struct
 import sys
+from collections import deque
 from typing import Any, NoReturn
 
 _HEADER = struct.Struct("<Q")
 
 
-def write_frame(fd: int, data: bytes) -> None:
-    view = memoryview(_HEADER.pack(len(data)) + data)
+def write_frames(fd: int, frames: list[bytes]) -> None:
+    """Write length-prefixed frames with as few system calls as the pipe allows: a batch of
+    jobs costs one write, and wakes the worker once."""
+    parts = []
+    for data in frames:
+        parts.append(_HEADER.pack(len(data)))
+        parts.append(data)
+    view = memoryview(b"".join(parts))
     while view:
         written = os.write(fd, view)
         view = view[written:]
 
 
-def read_frame(fd: int) -> bytes | None:
-    """One frame, or None at end of file (the other side is gone)."""
-    header = _read_exactly(fd, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    return _read_exactly(fd, size)
+def write_frame(fd: int, data: bytes) -> None:
+    write_frames(fd, [data])
 
 
-def _read_exactly(fd: int, size: int) -> bytes | None:
-    chunks = []
-    remaining = size
-    while remaining:
-        chunk = os.read(fd, min(remaining, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        remaining -= len(chunk)
-    return b"".join(chunks)
+class FrameReader:
+    """Frames from a pipe, read in large chunks: when the other side wrote several frames,
+    one system call takes them all."""
+
+    CHUNK = 1 << 16  # a pipe's capacity on Linux; larger reads would allocate by mmap each time
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._buffer = bytearray()
+        self._ready: deque[bytes] = deque()  # complete frames not handed out yet (next)
+
+    def _take_all(self) -> list[bytes]:
+        """The complete frames at the front of the buffer, removed from it."""
+        buffer, start, frames = self._buffer, 0, []
+        while len(buffer) - start >= _HEADER.size:
+            end = start + _HEADER.size + _HEADER.unpack_from(buffer, start)[0]
+            if len(buffer) < end:
+                break
+            frames.append(bytes(buffer[start + _HEADER.size:end]))
+            start = end
+        del buffer[:start]
+        return frames
+
+    def read_available(self) -> tuple[list[bytes], bool]:
+        """One read (call it when the pipe is readable): the frames complete now, and whether
+        the other side has closed its end."""
+        chunk = os.read(self.fd, self.CHUNK)
+        self._buffer += chunk
+        return self._take_all(), not chunk
+
+    def next(self) -> bytes | None:
+        """The next frame, waiting for it; None at end of file (the other side is gone)."""
+        while not self._ready:
+            chunk = os.read(self.fd, self.CHUNK)
+            if not chunk:
+                return None
+            self._buffer += chunk
+            self._ready.extend(self._take_all())
+        return self._ready.popleft()
 
 
 def _setup(init: dict[str, Any]) -> None:
@@ -102,7 +133,8 @@ def serve(read_fd: int, write_fd: int) -> int:
     from cpbuild.runner import run_job
 
     _exit_with_parent()
-    init = read_frame(read_fd)
+    jobs = FrameReader(read_fd)
+    init = jobs.next()
     if init is None:
         return 0
     _setup(pickle.loads(init))
@@ -112,7 +144,7 @@ def serve(read_fd: int, write_fd: int) -> int:
     functions: dict[str, Any] = {}  # digest -> task function, unpickled once per worker
     contexts: dict[str, Any] = {}  # digest -> (serializer, hasher, storage), likewise
     while True:
-        data = read_frame(read_fd)
+        data = jobs.next()
         if data is None:
             _exit_fast_if_clean(exit_handlers)
             return 0

@@ -16,14 +16,16 @@ with ``select`` and resolves futures in the scheduler's own thread. A thread per
 more than the tasks of a build of small tasks, in thread switches and in contention for the
 interpreter lock with the scheduler.
 
-A worker holds up to two jobs (``WINDOW``): the one it runs and the next, so that it never
-waits for the main process between two short tasks. The second job is sent only behind a task
-whose function was seen to finish quickly (``SHORT_TASK``): behind a long task it could wait
-while another worker is idle, which matters more than a round trip. It is also sent only when
-its frame is small enough to sit in the pipe without blocking (``AHEAD_BYTES``): the main
-process must never block writing a job while the worker blocks writing an outcome. A job's timeout counts
-from when the worker starts it (the previous outcome's arrival); when a worker dies or is
-killed, the job it ran fails and the job waiting behind it goes back to the queue.
+A worker holds the job it runs and, behind it, jobs expected to take less than ``SHORT_TASK``
+altogether (each function's last duration in this build), up to ``WINDOW`` jobs: it never
+waits for the main process between short tasks, and the jobs for one worker go in one write,
+which wakes it once. Behind a long task, or one of a function not seen yet, a job could wait
+while another worker is idle, which matters more than a round trip: it stays in the queue. A
+job waits in a worker only when its frame and those before it fit in the pipe without blocking
+(``AHEAD_BYTES``): the main process must never block writing a job while the worker blocks
+writing an outcome. A job's timeout counts from when the worker starts it (the previous
+outcome's arrival); when a worker dies or is killed, the job it ran fails and the jobs waiting
+behind it go back to the queue.
 """
 
 from __future__ import annotations
@@ -45,12 +47,12 @@ from typing import Any
 from cpbuild.executors.procgroup import KILL_GRACE, describe_exit, kill_group
 from cpbuild.executors.shipping import JobPacker, prepare, worker_init
 from cpbuild.runner import Job, Outcome
-from cpbuild.worker import read_frame, write_frame
+from cpbuild.worker import FrameReader, write_frames
 
-WINDOW = 2  # jobs a worker holds at once: the one it runs and the next
+WINDOW = 16  # jobs a worker holds at most: the one it runs and those queued behind it
 #: A frame this small (with its 8-byte header) fits in any pipe's buffer: at least a page.
 AHEAD_BYTES = 4096 - 8
-SHORT_TASK = 0.01  # seconds: a job may wait behind a task of a function this quick
+SHORT_TASK = 0.01  # seconds: a job may wait in a worker behind jobs expected to take this long
 
 
 @dataclass
@@ -61,6 +63,7 @@ class _Sent:
     future: Future[Outcome]
     packed: tuple[str, bytes, str, bytes, bytes]  # function and context digests and bytes, fields
     started: float = 0.0  # when the worker could start it (monotonic)
+    size: int = 0  # of its frame, as sent to its worker
 
 
 def can_fork() -> bool:
@@ -121,6 +124,7 @@ class _Worker:
         self.initialized = False  # import path, folder, environment: sent with the first job
         job_read, self.job_write = os.pipe()
         self.outcome_read, outcome_write = os.pipe()
+        self.outcomes = FrameReader(self.outcome_read)
         self.process: Any
         try:
             self.process = self._fork(job_read, outcome_write) if fork else subprocess.Popen(
@@ -167,11 +171,11 @@ class _Worker:
             os.close(ready_read)
         return _Forked(pid)
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frames: list[bytes]) -> None:
         if not self.initialized:
-            write_frame(self.job_write, pickle.dumps(worker_init(environment=True)))
+            frames = [pickle.dumps(worker_init(environment=True)), *frames]
             self.initialized = True
-        write_frame(self.job_write, frame)
+        write_frames(self.job_write, frames)
 
     def close_pipes(self) -> None:
         """Tell the worker to exit (it sees the end of its job pipe)."""
@@ -205,15 +209,21 @@ class ProcessExecutor:
     in_process = False  # task code runs in worker processes only
 
     def __init__(self, jobs: int, root: Path) -> None:
-        # Jobs waiting here beyond those the workers hold, so that a worker that hands back an
-        # outcome finds its next job at once rather than after a round trip through the scheduler.
-        self.queue_ahead = jobs * WINDOW
+        self._jobs = jobs
         self._packer = JobPacker(root)
         self._waiting: deque[_Sent] = deque()  # submitted, not yet handed to a worker
         self._slots = [_Slot() for _ in range(jobs)]
         self._closing = False
-        self._short: dict[str, bool] = {}  # function digest -> its last task was short
+        self._last: dict[str, float] = {}  # function digest -> duration of its last task
+        self._quick = False  # the last task to finish was short
         self._reapers: list[threading.Thread] = []  # killing workers (see _retire)
+
+    @property
+    def queue_ahead(self) -> int:
+        """Jobs wanted beyond ``-j`` while tasks are short, so that a worker finds its next
+        jobs here at once rather than after a round trip through the scheduler. None behind
+        long tasks: a job handed over early would only look started."""
+        return self._jobs * WINDOW if self._quick else 0
 
     def start(self) -> None:
         """Start the workers now, by fork, if that is safe here (see ``_Worker``); the CLI
@@ -231,13 +241,13 @@ class ProcessExecutor:
         except Exception as error:
             future.set_result(Outcome(False, error=f"{job.task_id} cannot be sent to a worker process: {type(error).__name__}: {error}"))
             return future
-        self._waiting.append(_Sent(job, future, packed))
-        self._dispatch()
+        self._waiting.append(_Sent(job, future, packed))  # sent by the next poll, in a batch
         return future
 
     def poll(self, timeout: float | None) -> None:
-        """Wait up to ``timeout`` seconds (None: no limit) for outcomes, resolve their futures,
-        enforce timeouts and hand waiting jobs to the workers with room for them."""
+        """Hand waiting jobs to the workers with room for them, then wait up to ``timeout``
+        seconds (None: no limit) for outcomes, resolve their futures and enforce timeouts."""
+        self._dispatch()
         busy = [slot for slot in self._slots if slot.sent]
         if not busy:
             return
@@ -263,55 +273,71 @@ class ProcessExecutor:
     # -- handing jobs over ----------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Hand waiting jobs to workers while one has room (see ``_slot_with_room``)."""
-        while self._waiting and not self._closing:
-            item = self._waiting[0]
-            if item.future.cancelled():  # the build stopped after a failure
-                self._waiting.popleft()
-                continue
-            slot = self._slot_with_room()
-            if slot is None:
-                return
-            try:
-                worker = self._worker(slot)
-            except OSError as error:
-                self._waiting.popleft()
-                self._resolve(item, Outcome(False, error=f"cannot start a worker process for {item.job.task_id}: {error}"))
-                continue
-            digest, function, context_digest, context, fields = item.packed
-            frame = pickle.dumps((
-                digest, None if digest in worker.sent else function,
-                context_digest, None if context_digest in worker.sent else context,
-                fields,
-            ))
-            if slot.sent and len(frame) >= AHEAD_BYTES:
-                return  # too large to wait in the pipe: it goes to the next idle worker
-            self._waiting.popleft()
-            if not item.future.running() and not item.future.set_running_or_notify_cancel():
-                continue
-            worker.sent.update((digest, context_digest))
-            item.started = time.monotonic()
-            try:
-                worker.send(frame)
-            except BrokenPipeError:
-                if not slot.sent:
-                    self._retire(slot, kill=True)
-                    self._resolve(item, Outcome(False, error=f"the worker for {item.job.task_id} exited before taking the job"))
+        """Hand waiting jobs to workers while one has room (see ``_slot_with_room``); the jobs
+        for one worker go in one write."""
+        batches: dict[int, list[bytes]] = {}
+        try:
+            while self._waiting and not self._closing:
+                item = self._waiting[0]
+                if item.future.cancelled():  # the build stopped after a failure
+                    self._waiting.popleft()
                     continue
-                # It died running an earlier job: reading its outcome says so and requeues this one.
-            slot.sent.append(item)
+                slot = self._slot_with_room(item)
+                if slot is None:
+                    return
+                try:
+                    worker = self._worker(slot)
+                except OSError as error:
+                    self._waiting.popleft()
+                    self._resolve(item, Outcome(False, error=f"cannot start a worker process for {item.job.task_id}: {error}"))
+                    continue
+                digest, function, context_digest, context, fields = item.packed
+                frame = pickle.dumps((
+                    digest, None if digest in worker.sent else function,
+                    context_digest, None if context_digest in worker.sent else context,
+                    fields,
+                ))
+                if slot.sent and _queued_bytes(slot) + len(frame) + 8 > AHEAD_BYTES:
+                    return  # too large to wait in the pipe: it goes to the next idle worker
+                self._waiting.popleft()
+                if not item.future.running() and not item.future.set_running_or_notify_cancel():
+                    continue
+                worker.sent.update((digest, context_digest))
+                item.started = time.monotonic()
+                item.size = len(frame)
+                slot.sent.append(item)
+                batches.setdefault(self._slots.index(slot), []).append(frame)
+        finally:
+            for index, frames in batches.items():
+                self._send(self._slots[index], frames)
 
-    def _slot_with_room(self) -> _Slot | None:
-        """An idle slot, else one whose running job is of a function seen to finish quickly
-        (under ``SHORT_TASK``): a job waits behind that one only. Behind a long job it could be
-        stuck while another worker is idle, so it stays in the queue instead."""
-        idle = next((slot for slot in self._slots if not slot.sent), None)
-        if idle is not None:
-            return idle
-        return next(
-            (slot for slot in self._slots if len(slot.sent) < WINDOW and self._short.get(slot.sent[-1].packed[0])),
-            None,
-        )
+    def _send(self, slot: _Slot, frames: list[bytes]) -> None:
+        """Write the last ``len(frames)`` jobs of the slot to its worker."""
+        worker = slot.worker
+        assert worker is not None
+        try:
+            worker.send(frames)
+        except BrokenPipeError:
+            if len(slot.sent) == len(frames):  # it had nothing to run: it was gone before
+                first = slot.sent.popleft()
+                self._retire(slot, kill=True)
+                self._resolve(first, Outcome(False, error=f"the worker for {first.job.task_id} exited before taking the job"))
+            # Else it died running an earlier job: reading its outcome says so and requeues these.
+
+    def _slot_with_room(self, item: _Sent) -> _Slot | None:
+        """An idle slot, else the one expected to be free first among those whose jobs, with
+        this one, are expected to take under ``SHORT_TASK`` (see the module's docstring)."""
+        best, best_expected = None, SHORT_TASK
+        for slot in self._slots:
+            if not slot.sent:
+                return slot
+            if len(slot.sent) < WINDOW:
+                expected = self._last.get(item.packed[0], SHORT_TASK)
+                for queued in slot.sent:
+                    expected += self._last.get(queued.packed[0], SHORT_TASK)
+                if expected < best_expected:
+                    best, best_expected = slot, expected
+        return best
 
     def _worker(self, slot: _Slot) -> _Worker:
         """The slot's worker; a fresh one if it has none or its idle worker has died."""
@@ -326,24 +352,26 @@ class ProcessExecutor:
     # -- outcomes -------------------------------------------------------------------------------
 
     def _receive(self, slot: _Slot) -> None:
-        """Read the outcome of the slot's running job, or find that its worker died."""
-        head = slot.sent.popleft()
+        """Read the outcomes the slot's worker has written, or find that it died."""
         worker = slot.worker
         assert worker is not None
-        data = read_frame(worker.outcome_read)
-        if data is not None:
+        frames, closed = worker.outcomes.read_available()
+        for data in frames:
+            head = slot.sent.popleft()
             if slot.sent:
                 slot.sent[0].started = time.monotonic()
             try:
                 outcome = pickle.loads(data)
             except Exception as error:
                 outcome = Outcome(False, error=f"the outcome of {head.job.task_id} could not be read: {error!r}")
-            self._short[head.packed[0]] = outcome.duration < SHORT_TASK
+            self._last[head.packed[0]] = outcome.duration
+            self._quick = outcome.duration < SHORT_TASK
             self._resolve(head, outcome)
-            return
-        worker.process.wait()
-        status = describe_exit(worker.process.returncode)
-        self._lose(slot, head, f"the worker process running {head.job.task_id} died ({status})")
+        if closed and slot.sent:
+            head = slot.sent.popleft()
+            worker.process.wait()
+            status = describe_exit(worker.process.returncode)
+            self._lose(slot, head, f"the worker process running {head.job.task_id} died ({status})")
 
     def _time_out(self, slot: _Slot) -> None:
         head = slot.sent.popleft()
@@ -405,6 +433,12 @@ class ProcessExecutor:
             worker.close(kill=not worker.initialized, grace=0.0)
         for reaper in self._reapers:
             reaper.join()
+
+
+def _queued_bytes(slot: _Slot) -> int:
+    """The bytes of the slot's jobs behind the one its worker runs (frames and headers): all
+    of them may still be in the pipe."""
+    return sum(item.size + 8 for item in slot.sent) - slot.sent[0].size - 8
 
 
 def create(config: Any, jobs: int) -> ProcessExecutor:
