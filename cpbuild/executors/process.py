@@ -229,6 +229,9 @@ class ProcessExecutor:
         """Start the workers now, by fork, if that is safe here (see ``_Worker``); the CLI
         calls this before it imports the task modules of a build that runs tasks."""
         if can_fork():
+            # The main process needs it to pickle task functions, every worker to unpickle
+            # them: imported once here, the workers inherit it.
+            self._packer.cloudpickle_module()
             for slot in self._slots:
                 if slot.worker is None:
                     slot.worker = _Worker(fork=True)

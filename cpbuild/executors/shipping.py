@@ -54,8 +54,14 @@ class JobPacker:
         self._functions: dict[Any, tuple[Any, str, bytes]] = {}
         self._contexts: dict[tuple[int, int, int], tuple[tuple[Any, Any, Any], str, bytes]] = {}
 
-    def _cloudpickle(self) -> Any:
+    @staticmethod
+    def cloudpickle_module() -> Any:
         import cloudpickle
+
+        return cloudpickle
+
+    def _cloudpickle(self) -> Any:
+        cloudpickle = self.cloudpickle_module()
 
         if not self._registered:
             for module in project_modules(self.root):
