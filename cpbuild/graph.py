@@ -89,9 +89,11 @@ class Graph:
         deps: dict[str, str] = {}
         args: dict[str, Any] = {}
         upstream: list[str] = []
+        seen = {task.id}  # a set beside the list: a task may have thousands of upstream tasks
 
         def add_edge(up: str) -> None:
-            if up not in upstream and up != task.id:
+            if up not in seen:
+                seen.add(up)
                 upstream.append(up)
                 self.downstream.setdefault(up, []).append(task.id)
 

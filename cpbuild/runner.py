@@ -98,8 +98,15 @@ def _load_values(job: Job) -> dict[str, Any]:
                 f"an upstream value of {job.task_id} ({digest[:12]}) is missing from the store; "
                 "rebuild its producer with cpbuild -B"
             )
-        values[name] = job.serializer.loads(data)
+        values[sys.intern(name)] = job.serializer.loads(data)
     return values
+
+
+def _interned(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with interned names. Unpickled names are new strings, and CPython matches a
+    keyword to a parameter by identity first, by comparing text only when that fails: for
+    every keyword against every parameter name, which took 5 ms for a thousand of them."""
+    return {sys.intern(name): value for name, value in kwargs.items()}
 
 
 class _Capture(io.TextIOWrapper):
@@ -274,7 +281,7 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
     value: Any = None
     with capture(job.capture) as (out, err):
         try:
-            value = job.function(**job.kwargs, **_load_values(job))
+            value = job.function(**_interned(job.kwargs), **_load_values(job))
         except MissingValue as error:
             result.error = str(error)
         except (Exception, SystemExit) as error:
