@@ -89,6 +89,16 @@ class LocalStorage:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
+    def close(self) -> None:
+        """Close this thread's connection to the pack (reopened on next use). The process
+        executor forks its workers after calling this: SQLite keeps per-process state about
+        every open database file, and a forked worker that inherited it for the pack could
+        not use the pack at all (SQLITE_PROTOCOL after ten seconds of retries)."""
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            self._local.db = None
+            db.close()
+
     def _path(self, digest: str) -> Path:
         return self.folder / digest[:2] / digest[2:]
 
