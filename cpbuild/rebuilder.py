@@ -99,13 +99,26 @@ class FileDigests:
             digest = self.hasher.file_digest(path)
         except IsADirectoryError:
             return None
-        new = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest)
-        self.entries[path] = new
-        if time.time_ns() - st.st_mtime_ns > RACY_NS:
-            self.dirty[path] = new
-        else:
-            self.racy[path] = new
+        self._remember(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest),
+                       time.time_ns() - st.st_mtime_ns <= RACY_NS)
         return digest
+
+    def accept(self, path: str, hashed: tuple[int, int, int, int, str, bool] | None) -> str | None:
+        """Take in a digest made elsewhere (a worker hashes the products of its task, see
+        ``Outcome.products``): as ``digest(path, fresh=True)`` would have made it."""
+        if hashed is None:
+            return None
+        *entry, racy = hashed
+        self._remember(path, tuple(entry), racy)  # type: ignore[arg-type]
+        self.known[path] = hashed[4]
+        return hashed[4]
+
+    def _remember(self, path: str, entry: StatEntry, racy: bool) -> None:
+        self.entries[path] = entry
+        if racy:
+            self.racy[path] = entry
+        else:
+            self.dirty[path] = entry
 
     def take_dirty(self) -> list[tuple[str, StatEntry]]:
         dirty, self.dirty = list(self.dirty.items()), {}

@@ -43,6 +43,7 @@ class Job:
     timeout: float | None = None
     options: dict[str, Any] = field(default_factory=dict)  # queue, job_prefix, ...
     inline: dict[str, bytes] = field(default_factory=dict)  # upstream values not stored yet
+    products: tuple[str, ...] = ()  # absolute paths, hashed where the task ran (Outcome.products)
 
     def resolve_values(self) -> None:
         """Load upstream values into ``kwargs`` here, for workers without the storage."""
@@ -64,6 +65,11 @@ class Outcome:
     stderr: str = ""
     duration: float = 0.0
     worker: str = ""
+    #: The products' stat entries (device, inode, size, mtime_ns, digest, hashed too soon after
+    #: the write to be trusted), None for one that does not exist; hashed where the task ran,
+    #: while the file is in that machine's cache, rather than in the main process, which feeds
+    #: every worker. None: not hashed there.
+    products: dict[str, tuple[int, int, int, int, str, bool] | None] | None = None
 
 
 #: Values up to this size come back to the main process, which writes them to the storage in
@@ -311,4 +317,20 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
             result.error = f"the value of {job.task_id} could not be stored: {type(error).__name__}: {error}"
             return result
     result.ok, result.value_digest = True, digest
+    if job.products:
+        result.products = {path: _product_entry(path, job.hasher) for path in job.products}
     return result
+
+
+def _product_entry(path: str, hasher: Any) -> tuple[int, int, int, int, str, bool] | None:
+    """What ``FileDigests.accept`` takes in: the stat entry of a product and whether it was
+    hashed within ``RACY_NS`` of its last change (see ``FileDigests``)."""
+    from cpbuild.project import RACY_NS
+
+    try:
+        st = os.stat(path)
+        digest = hasher.file_digest(path)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    racy = time.time_ns() - st.st_mtime_ns <= RACY_NS
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, racy)

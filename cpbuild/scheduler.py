@@ -350,6 +350,7 @@ class Scheduler:
             timeout=task.options.timeout,
             options={"queue": task.options.queue, "job_prefix": self._job_prefix(task), "attempt": attempt},
             inline={d: self._unstored[d] for d in values.values() if d in self._unstored} if self._unstored else {},
+            products=task.product_files,
         )
         if attempt == 1:
             session.hook.cpbuild_task_start(session=session, task=task)
@@ -412,8 +413,13 @@ class Scheduler:
         error = outcome.error
         products: dict[str, str | None] = {}
         if outcome.ok:
-            digest = self.rebuilder.files.digest
-            products = {self.graph.rel(path): digest(path, fresh=True) for path in task.product_files}
+            files = self.rebuilder.files
+            hashed = outcome.products
+            products = {
+                self.graph.rel(path): files.digest(path, fresh=True) if hashed is None or path not in hashed
+                else files.accept(path, hashed[path])
+                for path in task.product_files
+            }
             missing = [rel for rel, product_digest in products.items() if product_digest is None]
             if missing:
                 error = f"{task.id} did not create its declared product{'s' if len(missing) > 1 else ''} {', '.join(missing)}"

@@ -93,7 +93,7 @@ class JobPacker:
 
     def fields(self, job: Any) -> bytes:
         """The rest of the job: see ``unpack_job``."""
-        fields = (job.task_id, job.kwargs, job.values, job.capture, job.timeout, job.options, job.inline)
+        fields = (job.task_id, job.kwargs, job.values, job.capture, job.timeout, job.options, job.inline, job.products)
         if _is_plain(job.kwargs, [10_000]) and _is_plain(job.options, [1_000]):
             return pickle.dumps(fields, protocol=5)
         return self._cloudpickle().dumps(fields, protocol=5)
@@ -103,9 +103,9 @@ def unpack_job(function: Any, context: tuple[Any, Any, Any], fields: bytes) -> A
     """The job a worker runs, from the parts ``JobPacker`` made."""
     from cpbuild.runner import Job
 
-    task_id, kwargs, values, capture, timeout, options, inline = pickle.loads(fields)
+    task_id, kwargs, values, capture, timeout, options, inline, products = pickle.loads(fields)
     return Job(task_id, function, kwargs, values, *context, capture=capture, timeout=timeout,
-               options=options, inline=inline)
+               options=options, inline=inline, products=products)
 
 
 _PLAIN_LEAVES = frozenset({type(None), bool, int, float, complex, str, bytes, PosixPath, PurePosixPath})
