@@ -123,8 +123,9 @@ def main(argv: list[str] | None = None, invocation: Invocation | None = None) ->
     """Run one cpbuild command and return its exit code."""
     # Collecting thousands of tasks allocates many long-lived objects and few cycles; the cyclic
     # collector would scan them again and again (about 10% of a no-op). The scheduler turns it
-    # back on before the first task runs; it is restored on return.
+    # back on before the first task runs, with those objects frozen; both are undone on return.
     collecting = gc.isenabled()
+    frozen = gc.get_freeze_count()
     gc.disable()
     argv = sys.argv[1:] if argv is None else list(argv)
     invocation = invocation or Invocation()
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None, invocation: Invocation | None = None) ->
     try:
         return int(_main(argv, invocation))
     finally:
+        if gc.get_freeze_count() > frozen:  # frozen by the scheduler: collectable again
+            gc.unfreeze()
         if collecting:
             gc.enable()
 

@@ -329,7 +329,11 @@ class Scheduler:
         return self._submit(task, decision, attempt=1)
 
     def _submit(self, task: Task, decision: Decision, attempt: int) -> tuple[Future[Outcome], Decision, dict[str, Any], Any]:
-        gc.enable()  # the CLI turns the collector off for collection; user code needs it
+        if not gc.isenabled():  # the CLI turns the collector off for collection; user code needs it
+            # What collection made lives as long as the build: frozen, the collector does not
+            # scan it again and again (it took a tenth of a build of a thousand small tasks).
+            gc.freeze()
+            gc.enable()
         before = {product: self._stat_before(product) for product in task.product_files}
         executor = self._executor(task)
         session = self.session
