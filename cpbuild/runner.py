@@ -44,10 +44,13 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)  # queue, job_prefix, ...
     inline: dict[str, bytes] = field(default_factory=dict)  # upstream values not stored yet
     products: tuple[str, ...] = ()  # absolute paths, hashed where the task ran (Outcome.products)
+    #: Input and product parameters as structures of path strings, made ``Path`` objects where
+    #: the task runs: strings cost the main process, which feeds every worker, less to pickle.
+    paths: dict[str, Any] = field(default_factory=dict)
 
     def resolve_values(self) -> None:
         """Load upstream values into ``kwargs`` here, for workers without the storage."""
-        self.kwargs.update(_load_values(self))
+        self.kwargs = {**self.kwargs, **_load_values(self)}  # not in place: it is the graph's
         self.values = {}
         self.storage = None
 
@@ -106,6 +109,16 @@ def _load_values(job: Job) -> dict[str, Any]:
             )
         values[sys.intern(name)] = job.serializer.loads(data)
     return values
+
+
+def _paths(paths: dict[str, Any]) -> dict[str, Any]:
+    if not paths:
+        return {}
+    from pathlib import Path
+
+    from cpbuild.model import map_paths
+
+    return {sys.intern(name): map_paths(value, Path) for name, value in paths.items()}
 
 
 def _interned(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +300,7 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
     value: Any = None
     with capture(job.capture) as (out, err):
         try:
-            value = job.function(**_interned(job.kwargs), **_load_values(job))
+            value = job.function(**_interned(job.kwargs), **_paths(job.paths), **_load_values(job))
         except MissingValue as error:
             result.error = str(error)
         except (Exception, SystemExit) as error:

@@ -18,11 +18,10 @@ import os
 import queue
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpbuild.errors import ExitCode
-from cpbuild.model import Record, Task, map_paths
+from cpbuild.model import Record, Task
 from cpbuild.rebuilder import Decision, TaskKeyError
 
 if TYPE_CHECKING:
@@ -345,7 +344,7 @@ class Scheduler:
         job = Job(
             task.id,
             task.function,
-            self._arguments(task),
+            self.graph.args[task.id],
             values,
             session.serializer,
             session.hasher,
@@ -355,6 +354,7 @@ class Scheduler:
             options={"queue": task.options.queue, "job_prefix": self._job_prefix(task), "attempt": attempt},
             inline={d: self._unstored[d] for d in values.values() if d in self._unstored} if self._unstored else {},
             products=task.product_files,
+            paths=self._paths(task),
         )
         if attempt == 1:
             session.hook.cpbuild_task_start(session=session, task=task)
@@ -385,14 +385,10 @@ class Scheduler:
     def _capture(self, task: Task) -> bool:
         return self.options.capture and task.options.capture
 
-    def _arguments(self, task: Task) -> dict[str, Any]:
-        """Plain arguments and absolute input/product paths; values travel as digests."""
-        kwargs = dict(self.graph.args[task.id])
-        deps = self.graph.value_deps[task.id]
-        for param in task.params:
-            if param.name not in kwargs and param.name not in deps:
-                kwargs[param.name] = map_paths(param.value, Path)
-        return kwargs
+    def _paths(self, task: Task) -> dict[str, Any]:
+        """Input and product parameters (absolute path strings; ``Path`` objects in the task)."""
+        args, deps = self.graph.args[task.id], self.graph.value_deps[task.id]
+        return {p.name: p.value for p in task.params if p.name not in args and p.name not in deps}
 
     def _job_prefix(self, task: Task) -> list[str] | None:
         if task.options.job_prefix is not None:

@@ -93,8 +93,9 @@ class JobPacker:
 
     def fields(self, job: Any) -> bytes:
         """The rest of the job: see ``unpack_job``."""
-        fields = (job.task_id, job.kwargs, job.values, job.capture, job.timeout, job.options, job.inline, job.products)
-        if _is_plain(job.kwargs, [10_000]) and _is_plain(job.options, [1_000]):
+        fields = (job.task_id, job.kwargs, job.values, job.capture, job.timeout, job.options, job.inline,
+                  job.products, job.paths)
+        if _is_plain(job.kwargs, [10_000]):  # the options are the scheduler's own plain data
             return pickle.dumps(fields, protocol=5)
         return self._cloudpickle().dumps(fields, protocol=5)
 
@@ -103,9 +104,9 @@ def unpack_job(function: Any, context: tuple[Any, Any, Any], fields: bytes) -> A
     """The job a worker runs, from the parts ``JobPacker`` made."""
     from cpbuild.runner import Job
 
-    task_id, kwargs, values, capture, timeout, options, inline, products = pickle.loads(fields)
+    task_id, kwargs, values, capture, timeout, options, inline, products, paths = pickle.loads(fields)
     return Job(task_id, function, kwargs, values, *context, capture=capture, timeout=timeout,
-               options=options, inline=inline, products=products)
+               options=options, inline=inline, products=products, paths=paths)
 
 
 _PLAIN_LEAVES = frozenset({type(None), bool, int, float, complex, str, bytes, PosixPath, PurePosixPath})
@@ -142,13 +143,19 @@ def _same_state(a: Any, b: Any) -> bool:
             cells_b = [c.cell_contents for c in b.__closure__ or ()]
             if len(cells_a) != len(cells_b) or any(x is not y for x, y in zip(cells_a, cells_b, strict=True)):
                 return False
-        for attribute in ("__defaults__", "__kwdefaults__", "__dict__", "__name__", "__qualname__"):
-            x, y = getattr(a, attribute), getattr(b, attribute)
-            if x is not y and (x == y) is not True:
-                return False
+        return (
+            _alike(a.__defaults__, b.__defaults__)
+            and _alike(a.__kwdefaults__, b.__kwdefaults__)
+            and _alike(a.__dict__, b.__dict__)
+            and a.__name__ == b.__name__
+            and a.__qualname__ == b.__qualname__
+        )
     except Exception:  # e.g. an array default whose == is not a bool
         return False
-    return True
+
+
+def _alike(x: Any, y: Any) -> bool:
+    return x is y or (x == y) is True
 
 
 def worker_init(environment: bool = False) -> dict[str, Any]:
