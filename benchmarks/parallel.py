@@ -420,7 +420,7 @@ def measure_steps(
     wl.write(tool.kind, folder)
     reps = common.Repetitions(cell, tool, folder, budget, repeats)
     for rep in reps:
-        run = reps.full_build(lambda: wl.check(folder), products=wl.expected)
+        run = reps.full_build(lambda: wl.check(folder), products=wl.expected, fresh_folder=True)
         if run is None:
             break
         cell.full_s.append(run.seconds)
