@@ -63,7 +63,8 @@ class _Sent:
     future: Future[Outcome]
     packed: tuple[str, bytes, str, bytes, bytes]  # function and context digests and bytes, fields
     started: float = 0.0  # when the worker could start it (monotonic)
-    size: int = 0  # of its frame, as sent to its worker
+    size: int = 0  # of its frame with its header, as sent to its worker
+    expected: float = 0.0  # seconds it is expected to take (its function's last task)
 
 
 def can_fork() -> bool:
@@ -198,10 +199,32 @@ class _Worker:
 @dataclass
 class _Slot:
     """One place in the pool: its worker (started on demand) and the jobs it holds, oldest
-    (the one running) first."""
+    (the one running) first, with their expected seconds and bytes summed."""
 
     worker: _Worker | None = None
     sent: deque[_Sent] = field(default_factory=deque)
+    expected: float = 0.0
+    held_bytes: int = 0
+
+    def push(self, item: _Sent) -> None:
+        self.sent.append(item)
+        self.expected += item.expected
+        self.held_bytes += item.size
+
+    def pop(self) -> _Sent:
+        item = self.sent.popleft()
+        if self.sent:
+            self.expected -= item.expected
+            self.held_bytes -= item.size
+        else:
+            self.expected, self.held_bytes = 0.0, 0
+        return item
+
+    def take_all(self) -> list[_Sent]:
+        items = list(self.sent)
+        self.sent.clear()
+        self.expected, self.held_bytes = 0.0, 0
+        return items
 
 
 class ProcessExecutor:
@@ -300,15 +323,17 @@ class ProcessExecutor:
                     context_digest, None if context_digest in worker.sent else context,
                     fields,
                 ))
-                if slot.sent and _queued_bytes(slot) + len(frame) + 8 > AHEAD_BYTES:
+                # All but the running job's frame may still be in the pipe.
+                if slot.sent and slot.held_bytes - slot.sent[0].size + len(frame) + 8 > AHEAD_BYTES:
                     return  # too large to wait in the pipe: it goes to the next idle worker
                 self._waiting.popleft()
                 if not item.future.running() and not item.future.set_running_or_notify_cancel():
                     continue
                 worker.sent.update((digest, context_digest))
                 item.started = time.monotonic()
-                item.size = len(frame)
-                slot.sent.append(item)
+                item.size = len(frame) + 8
+                item.expected = self._last.get(digest, SHORT_TASK)
+                slot.push(item)
                 batches.setdefault(self._slots.index(slot), []).append(frame)
         finally:
             for index, frames in batches.items():
@@ -322,7 +347,7 @@ class ProcessExecutor:
             worker.send(frames)
         except BrokenPipeError:
             if len(slot.sent) == len(frames):  # it had nothing to run: it was gone before
-                first = slot.sent.popleft()
+                first = slot.pop()
                 self._retire(slot, kill=True)
                 self._resolve(first, Outcome(False, error=f"the worker for {first.job.task_id} exited before taking the job"))
             # Else it died running an earlier job: reading its outcome says so and requeues these.
@@ -331,15 +356,12 @@ class ProcessExecutor:
         """An idle slot, else the one expected to be free first among those whose jobs, with
         this one, are expected to take under ``SHORT_TASK`` (see the module's docstring)."""
         best, best_expected = None, SHORT_TASK
+        expected = self._last.get(item.packed[0], SHORT_TASK)
         for slot in self._slots:
             if not slot.sent:
                 return slot
-            if len(slot.sent) < WINDOW:
-                expected = self._last.get(item.packed[0], SHORT_TASK)
-                for queued in slot.sent:
-                    expected += self._last.get(queued.packed[0], SHORT_TASK)
-                if expected < best_expected:
-                    best, best_expected = slot, expected
+            if len(slot.sent) < WINDOW and slot.expected + expected < best_expected:
+                best, best_expected = slot, slot.expected + expected
         return best
 
     def _worker(self, slot: _Slot) -> _Worker:
@@ -360,7 +382,7 @@ class ProcessExecutor:
         assert worker is not None
         frames, closed = worker.outcomes.read_available()
         for data in frames:
-            head = slot.sent.popleft()
+            head = slot.pop()
             if slot.sent:
                 slot.sent[0].started = time.monotonic()
             try:
@@ -371,13 +393,13 @@ class ProcessExecutor:
             self._quick = outcome.duration < SHORT_TASK
             self._resolve(head, outcome)
         if closed and slot.sent:
-            head = slot.sent.popleft()
+            head = slot.pop()
             worker.process.wait()
             status = describe_exit(worker.process.returncode)
             self._lose(slot, head, f"the worker process running {head.job.task_id} died ({status})")
 
     def _time_out(self, slot: _Slot) -> None:
-        head = slot.sent.popleft()
+        head = slot.pop()
         self._lose(slot, head, f"{head.job.task_id} timed out after {head.job.timeout:g}s; its process group was killed")
 
     def _lose(self, slot: _Slot, head: _Sent, error: str) -> None:
@@ -403,8 +425,7 @@ class ProcessExecutor:
                 self._reapers.append(reaper)
             else:
                 worker.close(kill=kill)
-        self._waiting.extendleft(reversed(slot.sent))
-        slot.sent.clear()
+        self._waiting.extendleft(reversed(slot.take_all()))
 
     def _resolve(self, item: _Sent, outcome: Outcome) -> None:
         if not item.future.done():
@@ -417,9 +438,8 @@ class ProcessExecutor:
                 if slot.worker is not None:
                     slot.worker.close(kill=True, grace=0.5)
                     slot.worker = None
-                for item in slot.sent:
+                for item in slot.take_all():
                     self._resolve(item, Outcome(False, error=f"{item.job.task_id} was stopped"))
-                slot.sent.clear()
             for item in self._waiting:
                 item.future.cancel() or self._resolve(item, Outcome(False, error=f"{item.job.task_id} was stopped"))
             self._waiting.clear()
@@ -436,12 +456,6 @@ class ProcessExecutor:
             worker.close(kill=not worker.initialized, grace=0.0)
         for reaper in self._reapers:
             reaper.join()
-
-
-def _queued_bytes(slot: _Slot) -> int:
-    """The bytes of the slot's jobs behind the one its worker runs (frames and headers): all
-    of them may still be in the pipe."""
-    return sum(item.size + 8 for item in slot.sent) - slot.sent[0].size - 8
 
 
 def create(config: Any, jobs: int) -> ProcessExecutor:
