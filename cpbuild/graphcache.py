@@ -324,6 +324,8 @@ def save(session: Any, noted: Pending) -> None:
     code = session.code_tracker()
     rebuilder_argument = session.argument_text
     tasks = []
+    value_kind, arg_kind = ParamKind.VALUE.value, ParamKind.ARG.value
+    kwargs_at = TaskOptions._fields.index("kwargs")
     for task in graph.tasks.values():
         if task.function is None:
             return  # already a cached graph: nothing new to save
@@ -332,16 +334,16 @@ def save(session: Any, noted: Pending) -> None:
         args = graph.args[task.id]
         for param in task.params:
             if param.name in deps:
-                params.append((param.name, ParamKind.VALUE.value, deps[param.name], False))
+                params.append((param.name, value_kind, deps[param.name], False))
             elif param.name in args:
                 text, shown = rebuilder_argument(args[param.name])
-                params.append((param.name, ParamKind.ARG.value, (text, shown), True))
+                params.append((param.name, arg_kind, (text, shown), True))
             else:
                 params.append((param.name, param.kind.value, param.value, param.has_default))
-        options = task.options._replace(kwargs=None)  # used at collection only; hashable
+        options = (*task.options[:kwargs_at], None, *task.options[kwargs_at + 1:])  # kwargs: used at collection only
         items, digest = code.task_code(task.function)
         tasks.append((
-            task.id, task.name, task.base_name, str(task.path), tuple(params), tuple(options),
+            task.id, task.name, task.base_name, str(task.path), tuple(params), options,
             tuple(sorted(task.markers)), task.skip_reason, task.input_files, task.product_files,
             (items, digest),
         ))
