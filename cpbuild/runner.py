@@ -343,6 +343,15 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
     return result
 
 
+def local_products(outcome: Outcome) -> dict[str, tuple[int, int, int, int, str, bool] | None] | None:
+    """The product entries of ``outcome`` if its task ran on this machine, else None: a stat
+    entry taken on another node (a cluster worker on a shared file system) has that node's
+    device numbers, and its racy flag that node's clock."""
+    if outcome.products is None or outcome.worker.partition(":")[0] != _NODE:
+        return None
+    return outcome.products
+
+
 def _product_entry(path: str, hasher: Any) -> tuple[int, int, int, int, str, bool] | None:
     """What ``FileDigests.accept`` takes in: the stat entry of a product and whether it was
     hashed within ``RACY_NS`` of its last change (see ``FileDigests``)."""

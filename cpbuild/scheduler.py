@@ -413,8 +413,10 @@ class Scheduler:
         error = outcome.error
         products: dict[str, str | None] = {}
         if outcome.ok:
+            from cpbuild.runner import local_products
+
             files = self.rebuilder.files
-            hashed = outcome.products
+            hashed = local_products(outcome)
             products = {
                 self.graph.rel(path): files.digest(path, fresh=True) if hashed is None or path not in hashed
                 else files.accept(path, hashed[path])
