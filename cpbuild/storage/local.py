@@ -74,8 +74,11 @@ class LocalStorage:
 
     def _open_pack(self) -> sqlite3.Connection:
         self.folder.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.folder / "pack.db", isolation_level=None, timeout=60,
-                             check_same_thread=False)
+        path = self.folder / "pack.db"
+        new = not path.exists()
+        db = sqlite3.connect(path, isolation_level=None, timeout=60, check_same_thread=False)
+        if new:  # made without waiting for the disk, as the state database (State._open)
+            db.execute("PRAGMA synchronous=OFF")
         for attempt in range(200):  # workers starting at once may create it together
             try:
                 db.execute("PRAGMA journal_mode=WAL")
