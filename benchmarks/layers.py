@@ -349,7 +349,9 @@ def measure(
     tool.write_files(wl, folder)
     reps = common.Repetitions(cell, tool, folder, budget, repeats)
     for rep in reps:
-        full = reps.full_build(lambda: check_products(folder, expected), what="full build")
+        full = reps.full_build(
+            lambda: check_products(folder, expected), what="full build", fresh_folder=True
+        )
         if full is None:
             break
         before = product_mtimes(folder, wl.n)
