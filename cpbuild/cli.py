@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None, invocation: Invocation | None = None) ->
     try:
         return int(_main(argv, invocation))
     finally:
-        if gc.get_freeze_count() > frozen:  # frozen by the scheduler: collectable again
+        if not frozen and gc.get_freeze_count():  # frozen by the scheduler: collectable again
             gc.unfreeze()
         if collecting:
             gc.enable()

@@ -331,7 +331,9 @@ class Scheduler:
         if not gc.isenabled():  # the CLI turns the collector off for collection; user code needs it
             # What collection made lives as long as the build: frozen, the collector does not
             # scan it again and again (it took a tenth of a build of a thousand small tasks).
-            gc.freeze()
+            # Not when a caller of cli.main froze objects of its own: main() unfreezes on return.
+            if not gc.get_freeze_count():
+                gc.freeze()
             gc.enable()
         before = {product: self._stat_before(product) for product in task.product_files}
         executor = self._executor(task)

@@ -4,7 +4,9 @@
 length-prefixed frames ``(function digest, function bytes or None, context digest, context
 bytes or None, fields)`` from one pipe and writes one outcome per job to the other, in order,
 so it can be reused across tasks; each task function and context is unpickled once per worker
-(``cpbuild.executors.shipping.JobPacker``). Its standard streams are the terminal's; task
+(``cpbuild.executors.shipping.JobPacker``). Several jobs may wait in it; an empty frame tells
+it that the build stopped after a failure, and it answers every job it has not started with
+a "not started" outcome instead of running it. Its standard streams are the terminal's; task
 output is captured at the file-descriptor level per job.
 
 ``python -m cpbuild.worker run JOB_FILE OUTCOME_FILE``: runs one job and exits; used behind a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import select
 import struct
 import sys
 from collections import deque
@@ -47,7 +50,8 @@ def write_frame(fd: int, data: bytes) -> None:
 
 class FrameReader:
     """Frames from a pipe, read in large chunks: when the other side wrote several frames,
-    one system call takes them all."""
+    one system call takes them all. An empty frame is not handed out: it sets ``stopped`` (the
+    pool's notice that the build stopped, see ``serve``)."""
 
     CHUNK = 1 << 16  # a pipe's capacity on Linux; larger reads would allocate by mmap each time
 
@@ -55,6 +59,7 @@ class FrameReader:
         self.fd = fd
         self._buffer = bytearray()
         self._ready: deque[bytes] = deque()  # complete frames not handed out yet (next)
+        self.stopped = False
 
     def _take_all(self) -> list[bytes]:
         """The complete frames at the front of the buffer, removed from it."""
@@ -63,7 +68,10 @@ class FrameReader:
             end = start + _HEADER.size + _HEADER.unpack_from(buffer, start)[0]
             if len(buffer) < end:
                 break
-            frames.append(bytes(buffer[start + _HEADER.size:end]))
+            if end == start + _HEADER.size:
+                self.stopped = True
+            else:
+                frames.append(bytes(buffer[start + _HEADER.size:end]))
             start = end
         del buffer[:start]
         return frames
@@ -74,6 +82,16 @@ class FrameReader:
         chunk = os.read(self.fd, self.CHUNK)
         self._buffer += chunk
         return self._take_all(), not chunk
+
+    def pending(self) -> bool:
+        """Whether frames are waiting here; if so, first take in without waiting what the
+        other side wrote since (a stop notice behind them is seen before they are run)."""
+        if not self._ready:
+            return False
+        if select.select([self.fd], [], [], 0)[0]:
+            self._buffer += os.read(self.fd, self.CHUNK)
+            self._ready.extend(self._take_all())
+        return True
 
     def next(self) -> bytes | None:
         """The next frame, waiting for it; None at end of file (the other side is gone)."""
@@ -144,10 +162,16 @@ def serve(read_fd: int, write_fd: int) -> int:
     functions: dict[str, Any] = {}  # digest -> task function, unpickled once per worker
     contexts: dict[str, Any] = {}  # digest -> (serializer, hasher, storage), likewise
     while True:
+        jobs.pending()  # (sees a stop notice written behind the jobs queued here)
         data = jobs.next()
         if data is None:
             _exit_fast_if_clean(exit_handlers)
             return 0
+        if jobs.stopped:  # the build stopped after a failure: a job not started yet is not run
+            from cpbuild.runner import Outcome
+
+            write_frame(write_fd, pickle.dumps(Outcome(False, error="not started: the build stopped"), protocol=5))
+            continue
         try:
             digest, function_bytes, context_digest, context_bytes, fields = pickle.loads(data)
             if digest not in functions:

@@ -720,3 +720,33 @@ def test_an_idle_process_pool_does_not_spin_while_a_thread_task_runs(project):
     assert result.exit_code == 0, result
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     assert cpu < 0.5, f"cpbuild used {cpu:.2f} s of CPU while its only task slept 1.5 s"
+
+
+def test_after_a_failure_jobs_queued_in_workers_are_not_started(project):
+    """Short jobs wait in a worker behind the one it runs; when a task fails, those not started
+    yet must not run (fail-fast), although the worker already holds them."""
+    project.write(
+        "task_many.py",
+        """
+        import time
+        from cpbuild import task
+        from ranlog import ran
+
+        for n in range(200):
+
+            @task(id=str(n), kwargs={"n": n})
+            def task_t(n: int) -> None:
+                if n == 50:
+                    raise ValueError("task 50 fails")
+                ran(f"t{n}")
+                time.sleep(0.001)  # short: about eight of them wait in each worker
+        """,
+    )
+    result = project.run("-j2", "--executor", "process")
+    assert result.exit_code == 1, result
+    assert "task 50 fails" in result.stdout
+    after = sorted(int(name[1:]) for name in result.ran if int(name[1:]) > 50)
+    # The two workers each finish the task they had started, and perhaps the next; without
+    # the stop notice they ran the eight or so each held (up to 16 each).
+    assert len(after) <= 6, f"ran after the failure: {after}"
+    assert "skipped" in result.stdout

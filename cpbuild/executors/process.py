@@ -123,6 +123,7 @@ class _Worker:
     def __init__(self, fork: bool = False) -> None:
         self.sent: set[str] = set()  # digests of the functions and contexts this worker holds
         self.initialized = False  # import path, folder, environment: sent with the first job
+        self.stopped = False  # told that the build stopped (stop_queued)
         job_read, self.job_write = os.pipe()
         self.outcome_read, outcome_write = os.pipe()
         self.outcomes = FrameReader(self.outcome_read)
@@ -171,6 +172,16 @@ class _Worker:
         finally:
             os.close(ready_read)
         return _Forked(pid)
+
+    def stop_queued(self) -> None:
+        """Tell the worker that the build stopped: it answers the jobs it holds and has not
+        started with "not started" outcomes (see ``cpbuild.worker``)."""
+        if not self.stopped:
+            self.stopped = True
+            try:
+                write_frames(self.job_write, [b""])
+            except BrokenPipeError:
+                pass  # gone: reading its outcomes says so
 
     def send(self, frames: list[bytes]) -> None:
         if not self.initialized:
@@ -232,7 +243,6 @@ class ProcessExecutor:
     in_process = False  # task code runs in worker processes only
 
     def __init__(self, jobs: int, root: Path) -> None:
-        self._jobs = jobs
         self._packer = JobPacker(root)
         self._waiting: deque[_Sent] = deque()  # submitted, not yet handed to a worker
         self._slots = [_Slot() for _ in range(jobs)]
@@ -243,10 +253,16 @@ class ProcessExecutor:
 
     @property
     def queue_ahead(self) -> int:
-        """Jobs wanted beyond ``-j`` while tasks are short, so that a worker finds its next
-        jobs here at once rather than after a round trip through the scheduler. None behind
-        long tasks: a job handed over early would only look started."""
-        return self._jobs * WINDOW if self._quick else 0
+        """Jobs wanted beyond ``-j``: what the workers hold behind their running jobs, plus
+        room for more in those whose jobs are short (an idle one counts as short when the
+        last task to finish was), so that a worker finds its next jobs at once rather than
+        after a round trip through the scheduler. No room behind long tasks: a job handed over
+        early would only wait, and look started meanwhile."""
+        ahead = 0
+        for slot in self._slots:
+            quick = slot.expected < SHORT_TASK if slot.sent else self._quick
+            ahead += WINDOW - 1 if quick else max(0, len(slot.sent) - 1)
+        return ahead
 
     def start(self) -> None:
         """Start the workers now, by fork, if that is safe here (see ``_Worker``); the CLI
@@ -327,7 +343,9 @@ class ProcessExecutor:
                 if slot.sent and slot.held_bytes - slot.sent[0].size + len(frame) + 8 > AHEAD_BYTES:
                     return  # too large to wait in the pipe: it goes to the next idle worker
                 self._waiting.popleft()
-                if not item.future.running() and not item.future.set_running_or_notify_cancel():
+                # A job queued behind another starts (and can no longer be cancelled) when that
+                # one's outcome arrives (_receive).
+                if not slot.sent and not item.future.running() and not item.future.set_running_or_notify_cancel():
                     continue
                 worker.sent.update((digest, context_digest))
                 item.started = time.monotonic()
@@ -384,7 +402,7 @@ class ProcessExecutor:
         for data in frames:
             head = slot.pop()
             if slot.sent:
-                slot.sent[0].started = time.monotonic()
+                self._start_next(slot)
             try:
                 outcome = pickle.loads(data)
             except Exception as error:
@@ -397,6 +415,15 @@ class ProcessExecutor:
             worker.process.wait()
             status = describe_exit(worker.process.returncode)
             self._lose(slot, head, f"the worker process running {head.job.task_id} died ({status})")
+
+    def _start_next(self, slot: _Slot) -> None:
+        """The slot's next job starts now in its worker. If it was cancelled (the build stopped
+        after a failure) the worker is told not to start the ones behind it."""
+        head = slot.sent[0]
+        head.started = time.monotonic()
+        if not head.future.running() and not head.future.set_running_or_notify_cancel():
+            assert slot.worker is not None
+            slot.worker.stop_queued()
 
     def _time_out(self, slot: _Slot) -> None:
         head = slot.pop()
