@@ -6,9 +6,9 @@ packages are installed or removed, which changes the modification time of the fo
 installed into. So they are kept together with the modification times of the ``sys.path``
 folders outside the project, and reused while those are unchanged.
 
-They describe the Python environment, not the project, so they live in the user's cache folder
-(``user_cache_folder``), one file per interpreter and import path: a fresh checkout, a deleted
-``.cpbuild/`` or a second project on the same environment does not pay the scan again.
+They describe the Python environment rather than the build, so they live in the user's cache
+folder (``user_cache_folder``), one file per interpreter, import path and project folder: a
+deleted ``.cpbuild/`` does not cost the scan again.
 
 Limit: a distribution's metadata edited in place (not reinstalled) is not noticed until some
 install touches its folder; ``rm -r ~/.cache/cpbuild`` forgets the cache.
@@ -28,27 +28,35 @@ from cpbuild.project import RACY_NS, is_installation
 _FORMAT = 1
 
 
-def user_cache_folder() -> Path:
+def user_cache_folder() -> Path | None:
     """cpbuild's folder in the user's cache: ``$XDG_CACHE_HOME/cpbuild``, else
-    ``~/.cache/cpbuild`` (``%LOCALAPPDATA%\\cpbuild`` on Windows)."""
+    ``~/.cache/cpbuild`` (``%LOCALAPPDATA%\\cpbuild`` on Windows); None for a user without a
+    home folder (a container run under a bare user id): nothing is cached then."""
     base = os.environ.get("XDG_CACHE_HOME") or (
         os.environ.get("LOCALAPPDATA") if sys.platform == "win32" else None
     )
-    return Path(base or Path.home() / ".cache") / "cpbuild"
+    if not base:
+        try:
+            base = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):
+            return None
+    return Path(base) / "cpbuild"
 
 
 class Environment:
     def __init__(self, cache_folder: Path | None, root: Path | None = None) -> None:
         """``cache_folder``: where to keep the answers (None: nowhere), in a file named after
-        the interpreter and the import path outside the project."""
+        the interpreter, the import path outside the project and the project: the project's
+        own folders are on the import path too (``src/``, where a package's metadata may lie),
+        and the signature leaves them out."""
         self.signature = self._signature(root)
         self.cache_file: Path | None = None
         if cache_folder is not None:
             import hashlib
 
             folders = [folder for folder, _ in self.signature]
-            name = hashlib.sha256(repr((sys.executable, folders)).encode()).hexdigest()[:20]
-            self.cache_file = cache_folder / f"environment-{name}"
+            key = repr((sys.executable, str(root), folders))
+            self.cache_file = cache_folder / f"environment-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
         self.entry_points: list[tuple[str, str, str, str]] | None = None
         self.versions: dict[str, str] = {}
         self._changed = False

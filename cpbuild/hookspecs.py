@@ -19,7 +19,7 @@ Backend objects are duck-typed; the protocols they follow are documented here:
     iter_digests() -> Iterator[str]
     get_many(digests: set[str]) -> dict[str, bytes | None]  # optional: many reads at once
     put_many(objects: dict[str, bytes]) -> None              # optional: many writes at once
-    close() -> None  # optional: drop connections before workers are forked; reopen on use
+    before_fork() -> None  # optional: drop what a forked worker must not inherit; reopen on use
 
 ``Hasher``::
 

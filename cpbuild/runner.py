@@ -339,7 +339,7 @@ def run_job(job: Job, fd_capture: bool = False) -> Outcome:
             return result
     result.ok, result.value_digest = True, digest
     if job.products:
-        result.products = {path: _product_entry(path, job.hasher) for path in job.products}
+        result.products = _product_entries(job.products, job.hasher)
     return result
 
 
@@ -352,15 +352,23 @@ def local_products(outcome: Outcome) -> dict[str, tuple[int, int, int, int, str,
     return outcome.products
 
 
-def _product_entry(path: str, hasher: Any) -> tuple[int, int, int, int, str, bool] | None:
-    """What ``FileDigests.accept`` takes in: the stat entry of a product and whether it was
-    hashed within ``RACY_NS`` of its last change (see ``FileDigests``)."""
+def _product_entries(paths: tuple[str, ...], hasher: Any) -> dict[str, tuple[int, int, int, int, str, bool] | None]:
+    """What ``FileDigests.accept`` takes in: the stat entry of each product and whether it
+    was hashed within ``RACY_NS`` of its last change (see ``FileDigests``); None for a product
+    that does not exist. One that cannot be read here (permissions) is left to the main
+    process, which reports it."""
     from cpbuild.project import RACY_NS
 
-    try:
-        st = os.stat(path)
-        digest = hasher.file_digest(path)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-        return None
-    racy = time.time_ns() - st.st_mtime_ns <= RACY_NS
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, racy)
+    entries: dict[str, tuple[int, int, int, int, str, bool] | None] = {}
+    for path in paths:
+        try:
+            st = os.stat(path)
+            digest = hasher.file_digest(path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            entries[path] = None
+            continue
+        except OSError:
+            continue
+        racy = time.time_ns() - st.st_mtime_ns <= RACY_NS
+        entries[path] = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, digest, racy)
+    return entries

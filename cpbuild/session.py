@@ -92,10 +92,10 @@ class Session:
         if self.start_workers and self.executor_name == "process" and self.config.jobs > 1:
             start = getattr(self.executor("process", self.config.jobs), "start", None)
             if start is not None:
-                # A probe of the cached graph may have opened the storage (see LocalStorage.close).
-                close = getattr(self.storage, "close", None)
-                if close is not None:
-                    close()
+                # A probe of the cached graph may have opened the storage (LocalStorage.before_fork).
+                before_fork = getattr(self.storage, "before_fork", None)
+                if before_fork is not None:
+                    before_fork()
                 start()
 
     def executor_for(self, task: Task) -> str:

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import cpbuild
+from cpbuild.testing import Project
 
 PIPELINE = """
 from pathlib import Path
@@ -435,6 +436,63 @@ def test_dash_p_no_blocks_an_entry_point_plugin(project, installed_plugin):
     assert "myplug saw" not in result.stdout
     version = project.run("-p", "no:myplug", "--version", PYTHONPATH=installed_plugin)
     assert "myplug" not in version.stdout
+
+
+def test_a_plugin_declared_inside_one_project_stays_with_that_project(project, tmp_path):
+    """Metadata in a project's own src/ (setuptools leaves egg-info there) is found through the
+    project's import path; the environment cache, shared by the user's projects, must not
+    carry it over to another project, nor the other project's answer back."""
+    make_pipeline(project)
+    src = project.path / "src"
+    src.mkdir()
+    (src / "myplug.py").write_text(ENTRY_POINT_PLUGIN)
+    egg_info = src / "myplug.egg-info"
+    egg_info.mkdir()
+    (egg_info / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 1.0\n")
+    (egg_info / "entry_points.txt").write_text("[cpbuild]\nmyplug = myplug\n")
+    other = Project(tmp_path / "other")  # beside it: the same user cache (see Project.env)
+    make_pipeline(other)
+    assert project.path.parent == other.path.parent
+    assert "myplug saw 4 tasks" in project.run().stdout
+    result = other.run()
+    assert result.exit_code == 0, result
+    assert "myplug" not in result.stdout + result.stderr
+    assert "myplug saw" in project.run("-B").stdout
+
+
+def test_a_user_without_a_home_folder_can_build(project):
+    """No HOME and no passwd entry (a container run under a bare user id): nothing is cached
+    in the user's cache folder, and the build works."""
+    make_pipeline(project)
+    env = {k: v for k, v in project.env().items() if k not in ("HOME", "XDG_CACHE_HOME")}
+    code = "import pwd, sys; pwd.getpwuid = lambda uid: (_ for _ in ()).throw(KeyError(uid)); " \
+           "from cpbuild.cli import main; sys.exit(main())"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=project.path, env=env,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "internal error" not in completed.stderr
+
+
+def test_main_called_in_process_leaves_the_callers_frozen_objects_frozen(project):
+    """The scheduler freezes what collection made (gc.freeze) and main() unfreezes it; objects
+    a caller froze before calling main() (a pre-forking server) stay frozen."""
+    make_pipeline(project)
+    code = (
+        "import gc, sys; gc.freeze(); before = gc.get_freeze_count()\n"
+        "from cpbuild.cli import main\n"
+        "code = main(['-j1'])\n"
+        "print('frozen', before, gc.get_freeze_count(), 'enabled', gc.isenabled()); sys.exit(code)"
+    )
+    completed = subprocess.run([sys.executable, "-c", code], cwd=project.path, env=project.env(),
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    _, before, after, _, enabled = completed.stdout.split()[-5:]
+    # (a few frozen objects die meanwhile: the count may drop a little, never to zero)
+    assert int(before) > 1000 and int(after) > int(before) * 0.9 and enabled == "True", completed.stdout
+    code = "import gc; from cpbuild.cli import main; main(['-B']); print('frozen', gc.get_freeze_count())"
+    completed = subprocess.run([sys.executable, "-c", code], cwd=project.path, env=project.env(),
+                               capture_output=True, text=True, timeout=120)
+    assert completed.stdout.split()[-2:] == ["frozen", "0"], completed.stdout + completed.stderr
 
 
 # -- entry points of cpbuild itself ---------------------------------------------------------------

@@ -92,7 +92,7 @@ class LocalStorage:
         db.execute("PRAGMA synchronous=NORMAL")
         return db
 
-    def close(self) -> None:
+    def before_fork(self) -> None:
         """Close this thread's connection to the pack (reopened on next use). The process
         executor forks its workers after calling this: SQLite keeps per-process state about
         every open database file, and a forked worker that inherited it for the pack could
