@@ -83,15 +83,12 @@ class FrameReader:
         self._buffer += chunk
         return self._take_all(), not chunk
 
-    def pending(self) -> bool:
-        """Whether frames are waiting here; if so, first take in without waiting what the
-        other side wrote since (a stop notice behind them is seen before they are run)."""
-        if not self._ready:
-            return False
-        if select.select([self.fd], [], [], 0)[0]:
+    def refresh(self) -> None:
+        """While frames wait here, take in without waiting what the other side wrote since:
+        a stop notice behind them is seen before they are handed out."""
+        if self._ready and select.select([self.fd], [], [], 0)[0]:
             self._buffer += os.read(self.fd, self.CHUNK)
             self._ready.extend(self._take_all())
-        return True
 
     def next(self) -> bytes | None:
         """The next frame, waiting for it; None at end of file (the other side is gone)."""
@@ -162,7 +159,7 @@ def serve(read_fd: int, write_fd: int) -> int:
     functions: dict[str, Any] = {}  # digest -> task function, unpickled once per worker
     contexts: dict[str, Any] = {}  # digest -> (serializer, hasher, storage), likewise
     while True:
-        jobs.pending()  # (sees a stop notice written behind the jobs queued here)
+        jobs.refresh()  # (sees a stop notice written behind the jobs queued here)
         data = jobs.next()
         if data is None:
             _exit_fast_if_clean(exit_handlers)

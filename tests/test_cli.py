@@ -404,13 +404,19 @@ def installed_plugin(tmp_path):
     """A folder holding the plugin module ``myplug`` and its dist-info with an entry point in
     the ``cpbuild`` group, as pip would install it; put it on PYTHONPATH."""
     site = tmp_path / "site"
-    site.mkdir()
-    (site / "myplug.py").write_text(ENTRY_POINT_PLUGIN)
-    dist_info = site / "myplug-1.0.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[cpbuild]\nmyplug = myplug\n")
+    write_plugin_package(site, "myplug-1.0.dist-info", "METADATA")
     return str(site)
+
+
+def write_plugin_package(folder, info_name: str, metadata_name: str) -> None:
+    """The module ``myplug`` in ``folder`` and its metadata folder ``info_name`` (dist-info as
+    pip installs it, egg-info as setuptools leaves it in a source tree) with the entry point."""
+    folder.mkdir()
+    (folder / "myplug.py").write_text(ENTRY_POINT_PLUGIN)
+    info = folder / info_name
+    info.mkdir()
+    (info / metadata_name).write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[cpbuild]\nmyplug = myplug\n")
 
 
 def test_entry_point_plugin_is_listed_with_its_version(project, installed_plugin):
@@ -443,13 +449,7 @@ def test_a_plugin_declared_inside_one_project_stays_with_that_project(project, t
     project's import path; the environment cache, shared by the user's projects, must not
     carry it over to another project, nor the other project's answer back."""
     make_pipeline(project)
-    src = project.path / "src"
-    src.mkdir()
-    (src / "myplug.py").write_text(ENTRY_POINT_PLUGIN)
-    egg_info = src / "myplug.egg-info"
-    egg_info.mkdir()
-    (egg_info / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: myplug\nVersion: 1.0\n")
-    (egg_info / "entry_points.txt").write_text("[cpbuild]\nmyplug = myplug\n")
+    write_plugin_package(project.path / "src", "myplug.egg-info", "PKG-INFO")
     other = Project(tmp_path / "other")  # beside it: the same user cache (see Project.env)
     make_pipeline(other)
     assert project.path.parent == other.path.parent
